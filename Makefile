@@ -1,0 +1,82 @@
+# qpipe — top-level Makefile.
+# `make` builds every binary into bin/; `make check` runs unit + CLI tests;
+# `make deps` installs missing Debian packages. Quiet unless V=1.
+# Layout: common/*.c and formats/*.c form libqpipe.a; filters/<tool>.c is one
+# binary each; tests/unit/test_*.c is one unit-test binary each. New files are
+# picked up by wildcard, so adding a module never needs a Makefile edit.
+
+Q       = $(if $(filter 1,$(V)),,@)
+CC     ?= cc
+OPT    ?= -O2
+WARN    = -Wall -Wextra -Wshadow -Wformat=2 -Wvla -Wmissing-prototypes -Wstrict-prototypes
+CFLAGS  = -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) -pthread -Icommon -Iformats $(MOREFLAGS)
+LDLIBS  = -larchive -lmsgpackc -lxxhash -ljansson -lpcre2-8 -lutf8proc -llapacke -lopenblas -lm -pthread
+BUILD  ?= build
+BIN    ?= bin
+
+DEB_PKGS = build-essential clang libarchive-dev libmsgpack-dev libxxhash-dev libjansson-dev \
+           libpcre2-dev libutf8proc-dev libopenblas-dev liblapacke-dev bats parallel time zstd \
+           libclang-rt-14-dev valgrind
+
+LIB_SRC   = $(wildcard common/*.c) $(wildcard formats/*.c)
+LIB_OBJ   = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
+TOOLS     = $(patsubst filters/%.c,%,$(wildcard filters/*.c))
+TOOL_BIN  = $(addprefix $(BIN)/,$(TOOLS))
+UNIT_SRC  = $(wildcard tests/unit/test_*.c)
+UNIT_BIN  = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+HELPER_SRC = $(wildcard tests/tools/*.c)
+HELPER_BIN = $(patsubst tests/tools/%.c,$(BIN)/%,$(HELPER_SRC))
+
+.PHONY: all deps check check-unit check-cli check-asan demo bench clean install man fuzz
+all: $(TOOL_BIN) $(HELPER_BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC  $<")
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libqpipe.a: $(LIB_OBJ)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BIN)/%: $(BUILD)/filters/%.o $(BUILD)/libqpipe.a
+	@mkdir -p $(BIN)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BIN)/%: $(BUILD)/tests/tools/%.o $(BUILD)/libqpipe.a
+	@mkdir -p $(BIN)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libqpipe.a
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	else echo "deps: all present"; fi
+
+# check: unit tests (normal and ASan+UBSan builds) then bats CLI tests; the
+# last line is the summary `N passed, N failed` (tests/run-all).
+check: deps
+	$(Q)$(MAKE) --no-print-directory all $(UNIT_BIN)
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan BIN=build-asan/bin CC=clang OPT=-O1 \
+	  MOREFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  all $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_BIN))
+	$(Q)tests/run-all $(BUILD)/tests build-asan/tests
+
+check-asan: deps
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan BIN=build-asan/bin CC=clang OPT=-O1 \
+	  MOREFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  all $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_BIN))
+
+demo: deps all
+	$(Q)tests/demo.sh
+
+bench: all
+	$(Q)tests/bench/run-all
+
+clean:
+	rm -rf build build-asan bin
