@@ -1,0 +1,988 @@
+/* llama — Llama-family decoder forward pass (see llama.h).
+ *
+ * Sections: config.json parsing; weight loading and shape checks; a small
+ * thread pool; the forward pass (embedding, RMSNorm, RoPE, attention, MLP,
+ * head); the qsrc / qstream weight providers.
+ * Reference: transformers/models/llama/modeling_llama.py; the llama2.c run.c
+ * structure (rmsnorm / matmul / attention per layer). */
+#include "llama.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+
+#include "dequant.h"
+#include "dtype.h"
+#include "kernels.h"
+
+/* ------------------------------------------------------------------------
+ * Errors */
+
+__attribute__((format(printf, 2, 3)))
+static int fail(char **errp, const char *fmt, ...)
+{
+    if (errp) {
+        va_list ap;
+        va_start(ap, fmt);
+        if (vasprintf(errp, fmt, ap) < 0)
+            *errp = NULL;
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------------
+ * Model */
+
+enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_COUNT };
+static const char *const lin_names[LIN_COUNT] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+};
+
+typedef struct {
+    float *w;                   /* (dout, din) */
+    float *b;                   /* (dout) or NULL */
+    int    din, dout;
+    char   name[96];            /* "model.layers.L.self_attn.q_proj.weight" */
+} linear;
+
+typedef struct {
+    float *attn_norm;           /* (dim) input_layernorm */
+    float *ffn_norm;            /* (dim) post_attention_layernorm */
+    linear lin[LIN_COUNT];
+} layer;
+
+typedef struct {
+    int n;                      /* threads including the caller */
+    pthread_t *th;
+    pthread_mutex_t mu;
+    pthread_cond_t start, done;
+    unsigned long gen;
+    int pending, quit;
+    void (*fn)(void *arg, int tid, int nth);
+    void *arg;
+} pool;
+
+struct llama_model {
+    llama_config cfg;
+    int rope_kind;              /* 0 default, 1 linear, 2 llama3 */
+    double rope_factor, rope_low, rope_high, rope_orig;
+    float *embed;               /* (vocab, dim) */
+    float *final_norm;          /* (dim) */
+    linear head;                /* lm_head, w = embed when tied */
+    layer *layers;              /* (n_layers) */
+    int nthreads;
+    pool *pool;
+    llama_hook_fn hook;
+    void *hook_ctx;
+};
+
+struct llama_state {
+    int ctx, max_batch, pos;
+    float *kcache, *vcache;     /* (n_layers, ctx, n_kv_heads * head_dim) */
+    float *rope_cos, *rope_sin; /* (ctx, head_dim / 2) */
+    float *x;                   /* (max_batch, dim) residual stream */
+    float *xb;                  /* (max_batch, max(dim, q_dim)) normed input / attention output */
+    float *q, *k, *v;           /* (max_batch, q_dim), (max_batch, kv_dim) x2 */
+    float *g, *u;               /* (max_batch, hidden) */
+    float *y;                   /* (max_batch, dim) o_proj / down_proj output */
+    float *scores;              /* (nscores, ctx) one row per thread */
+    int nscores;
+};
+
+/* ------------------------------------------------------------------------
+ * config.json */
+
+static int json_int(json_t *cfg, const char *key, int dflt, int lo, int *out, char **errp)
+{
+    json_t *v = json_object_get(cfg, key);
+    if (!v || json_is_null(v)) {
+        if (dflt == INT32_MIN)
+            return fail(errp, "config.json: missing '%s'", key);
+        *out = dflt;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > (1 << 30))
+        return fail(errp, "config.json: '%s' must be an integer >= %d", key, lo);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+static int json_num(json_t *obj, const char *key, double dflt, double *out, char **errp)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        if (isnan(dflt))
+            return fail(errp, "config.json: missing '%s'", key);
+        *out = dflt;
+        return 0;
+    }
+    if (!json_is_number(v))
+        return fail(errp, "config.json: '%s' must be a number", key);
+    *out = json_number_value(v);
+    return 0;
+}
+
+/* model_type (or architectures[0]) must name a Llama-family decoder. */
+static int config_arch(json_t *cfg, llama_config *c, char **errp)
+{
+    static const char *const types[] = { "llama", "mistral", "qwen2" };
+    static const char *const archs[] = { "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM" };
+    const char *mt = json_string_value(json_object_get(cfg, "model_type"));
+    const char *arch = json_string_value(json_array_get(json_object_get(cfg, "architectures"), 0));
+    for (int i = 0; i < 3; i++)
+        if ((mt && !strcmp(mt, types[i])) || (!mt && arch && !strcmp(arch, archs[i]))) {
+            snprintf(c->model_type, sizeof c->model_type, "%s", types[i]);
+            return 0;
+        }
+    return fail(errp, "config.json: unsupported architecture '%s' (supported: llama, mistral, qwen2)",
+                mt ? mt : arch ? arch : "(none)");
+}
+
+static int config_rope_scaling(json_t *cfg, llama_model *m, char **errp)
+{
+    json_t *rs = json_object_get(cfg, "rope_scaling");
+    if (!rs || json_is_null(rs))
+        return 0;
+    if (!json_is_object(rs))
+        return fail(errp, "config.json: 'rope_scaling' must be an object or null");
+    const char *type = json_string_value(json_object_get(rs, "rope_type"));
+    if (!type)
+        type = json_string_value(json_object_get(rs, "type"));
+    if (!type || !strcmp(type, "default"))
+        return 0;
+    if (json_num(rs, "factor", NAN, &m->rope_factor, errp) < 0)
+        return -1;
+    if (!(m->rope_factor > 0))
+        return fail(errp, "config.json: rope_scaling factor must be > 0");
+    if (!strcmp(type, "linear")) {
+        m->rope_kind = 1;
+        return 0;
+    }
+    if (!strcmp(type, "llama3")) {
+        m->rope_kind = 2;
+        if (json_num(rs, "low_freq_factor", NAN, &m->rope_low, errp) < 0 ||
+            json_num(rs, "high_freq_factor", NAN, &m->rope_high, errp) < 0 ||
+            json_num(rs, "original_max_position_embeddings", NAN, &m->rope_orig, errp) < 0)
+            return -1;
+        if (!(m->rope_high > m->rope_low) || !(m->rope_orig > 0))
+            return fail(errp, "config.json: rope_scaling llama3: need high_freq_factor > low_freq_factor");
+        return 0;
+    }
+    return fail(errp, "config.json: unsupported rope_scaling type '%s' (supported: linear, llama3)", type);
+}
+
+static int config_parse(const char *text, size_t len, llama_model *m, char **errp)
+{
+    json_error_t je;
+    json_t *cfg = json_loadb(text, len, 0, &je);
+    if (!cfg || !json_is_object(cfg)) {
+        json_decref(cfg);
+        return fail(errp, "config.json: invalid JSON (line %d: %s)", je.line, je.text);
+    }
+    llama_config *c = &m->cfg;
+    int rc = -1;
+    const char *act = json_string_value(json_object_get(cfg, "hidden_act"));
+    double eps = 1e-6, theta = 10000;
+    json_t *tie = json_object_get(cfg, "tie_word_embeddings");
+    if (config_arch(cfg, c, errp) < 0 ||
+        json_int(cfg, "num_hidden_layers", INT32_MIN, 1, &c->n_layers, errp) < 0 ||
+        json_int(cfg, "hidden_size", INT32_MIN, 1, &c->dim, errp) < 0 ||
+        json_int(cfg, "intermediate_size", INT32_MIN, 1, &c->hidden, errp) < 0 ||
+        json_int(cfg, "num_attention_heads", INT32_MIN, 1, &c->n_heads, errp) < 0 ||
+        json_int(cfg, "num_key_value_heads", c->n_heads, 1, &c->n_kv_heads, errp) < 0 ||
+        json_int(cfg, "vocab_size", INT32_MIN, 1, &c->vocab, errp) < 0 ||
+        json_int(cfg, "max_position_embeddings", 2048, 1, &c->max_pos, errp) < 0 ||
+        json_int(cfg, "head_dim", c->dim / c->n_heads, 2, &c->head_dim, errp) < 0 ||
+        json_int(cfg, "bos_token_id", -1, -1, &c->bos, errp) < 0 ||
+        json_int(cfg, "eos_token_id", -1, -1, &c->eos, errp) < 0 ||
+        json_num(cfg, "rms_norm_eps", 1e-6, &eps, errp) < 0 ||
+        json_num(cfg, "rope_theta", 10000, &theta, errp) < 0 ||
+        config_rope_scaling(cfg, m, errp) < 0)
+        goto out;
+    if (act && strcmp(act, "silu")) {
+        fail(errp, "config.json: unsupported hidden_act '%s' (only silu)", act);
+        goto out;
+    }
+    if (c->n_heads % c->n_kv_heads) {
+        fail(errp, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+             c->n_heads, c->n_kv_heads);
+        goto out;
+    }
+    if (c->head_dim % 2 || c->head_dim == 0) {
+        fail(errp, "config.json: head dimension %d must be even", c->head_dim);
+        goto out;
+    }
+    json_t *sw = json_object_get(cfg, "sliding_window");
+    json_t *use_sw = json_object_get(cfg, "use_sliding_window");
+    if (json_is_integer(sw) && json_integer_value(sw) > 0 && !json_is_false(use_sw))
+        c->sliding_window = (int)json_integer_value(sw);
+    c->eps = (float)eps;
+    c->rope_theta = theta;
+    /* transformers' LlamaConfig/MistralConfig/Qwen2Config default to untied */
+    c->tied = json_is_true(tie);
+    rc = 0;
+out:
+    json_decref(cfg);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Weights */
+
+static void shape_str(char *buf, size_t n, const int64_t *shape, int ndim)
+{
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (o < n)
+        snprintf(buf + o, n - o, "]");
+}
+
+/* Fetch `name` with the expected shape (d1 = 0: 1-D). optional: absent -> 0. */
+static int weight_get(llama_get_fn get, void *ctx, const char *name, int64_t d0, int64_t d1,
+                      int optional, float **out, char **errp)
+{
+    int64_t shape[QS_MAX_DIMS];
+    int ndim = 0;
+    float *data = NULL;
+    char *e = NULL;
+    int r = get(ctx, name, &data, shape, &ndim, &e);
+    if (r < 0)
+        return e ? (*errp = e, -1) : fail(errp, "%s: cannot read", name);
+    if (r == 0)
+        return optional ? 0 : fail(errp, "missing tensor '%s'", name);
+    int64_t want[2] = { d0, d1 };
+    int wdim = d1 ? 2 : 1;
+    int ok = ndim == wdim && shape[0] == d0 && (wdim == 1 || shape[1] == d1);
+    if (!ok) {
+        char have[128], exp[64];
+        shape_str(have, sizeof have, shape, ndim);
+        shape_str(exp, sizeof exp, want, wdim);
+        free(data);
+        return fail(errp, "'%s' has shape %s but config.json implies %s", name, have, exp);
+    }
+    *out = data;
+    return 1;
+}
+
+static int layer_load(llama_model *m, int l, llama_get_fn get, void *ctx, char **errp)
+{
+    const llama_config *c = &m->cfg;
+    layer *L = &m->layers[l];
+    int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    const int dims[LIN_COUNT][2] = {
+        { c->dim, qd }, { c->dim, kvd }, { c->dim, kvd }, { qd, c->dim },
+        { c->dim, c->hidden }, { c->dim, c->hidden }, { c->hidden, c->dim },
+    };
+    char name[128];
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+    if (weight_get(get, ctx, name, c->dim, 0, 0, &L->attn_norm, errp) < 0)
+        return -1;
+    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+    if (weight_get(get, ctx, name, c->dim, 0, 0, &L->ffn_norm, errp) < 0)
+        return -1;
+    for (int i = 0; i < LIN_COUNT; i++) {
+        linear *li = &L->lin[i];
+        li->din = dims[i][0];
+        li->dout = dims[i][1];
+        snprintf(li->name, sizeof li->name, "model.layers.%d.%s.weight", l, lin_names[i]);
+        if (weight_get(get, ctx, li->name, li->dout, li->din, 0, &li->w, errp) < 0)
+            return -1;
+        snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, lin_names[i]);
+        if (weight_get(get, ctx, name, li->dout, 0, 1, &li->b, errp) < 0)
+            return -1;
+        if (i == LIN_Q && li->b)
+            m->cfg.qkv_bias = 1;
+    }
+    return 0;
+}
+
+llama_model *llama_load(const char *config_json, size_t len, llama_get_fn get, void *ctx,
+                        char **errp)
+{
+    llama_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        fail(errp, "out of memory");
+        return NULL;
+    }
+    m->nthreads = 1;
+    (void)kern_have_avx2();     /* settle the dispatch before any thread runs */
+    if (config_parse(config_json, len, m, errp) < 0)
+        goto err;
+    const llama_config *c = &m->cfg;
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        fail(errp, "out of memory");
+        goto err;
+    }
+    if (weight_get(get, ctx, "model.embed_tokens.weight", c->vocab, c->dim, 0, &m->embed, errp) < 0)
+        goto err;
+    for (int l = 0; l < c->n_layers; l++)
+        if (layer_load(m, l, get, ctx, errp) < 0)
+            goto err;
+    if (weight_get(get, ctx, "model.norm.weight", c->dim, 0, 0, &m->final_norm, errp) < 0)
+        goto err;
+    m->head.din = c->dim;
+    m->head.dout = c->vocab;
+    snprintf(m->head.name, sizeof m->head.name, "lm_head.weight");
+    if (c->tied)
+        m->head.w = m->embed;
+    else if (weight_get(get, ctx, "lm_head.weight", c->vocab, c->dim, 0, &m->head.w, errp) < 0)
+        goto err;
+    /* a layer beyond num_hidden_layers means the config is not this model's */
+    char name[96];
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", c->n_layers);
+    float *extra = NULL;
+    int r = weight_get(get, ctx, name, c->dim, 0, 1, &extra, errp);
+    free(extra);
+    if (r < 0)
+        goto err;
+    if (r > 0) {
+        fail(errp, "checkpoint has more layers than config.json's num_hidden_layers %d", c->n_layers);
+        goto err;
+    }
+    return m;
+err:
+    llama_free(m);
+    return NULL;
+}
+
+static void pool_free(pool *p);
+
+void llama_free(llama_model *m)
+{
+    if (!m)
+        return;
+    pool_free(m->pool);
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++) {
+        free(m->layers[l].attn_norm);
+        free(m->layers[l].ffn_norm);
+        for (int i = 0; i < LIN_COUNT; i++) {
+            free(m->layers[l].lin[i].w);
+            free(m->layers[l].lin[i].b);
+        }
+    }
+    free(m->layers);
+    if (m->head.w != m->embed)
+        free(m->head.w);
+    free(m->embed);
+    free(m->final_norm);
+    free(m);
+}
+
+const llama_config *llama_model_config(const llama_model *m) { return &m->cfg; }
+
+void llama_set_hook(llama_model *m, llama_hook_fn hook, void *ctx)
+{
+    m->hook = hook;
+    m->hook_ctx = ctx;
+}
+
+/* ------------------------------------------------------------------------
+ * Thread pool: pool_run(fn) calls fn(arg, tid, nth) once for every tid in
+ * [0, nth), tid 0 on the caller, and returns when all are done. */
+
+static void *pool_worker(void *arg)
+{
+    pool *p = ((void **)arg)[0];
+    int tid = (int)(intptr_t)((void **)arg)[1];
+    free(arg);
+    unsigned long seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (p->gen == seen && !p->quit)
+            pthread_cond_wait(&p->start, &p->mu);
+        if (p->quit) {
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+        seen = p->gen;
+        void (*fn)(void *, int, int) = p->fn;
+        void *a = p->arg;
+        pthread_mutex_unlock(&p->mu);
+        fn(a, tid, p->n);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0)
+            pthread_cond_signal(&p->done);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+static pool *pool_new(int n)
+{
+    pool *p = calloc(1, sizeof *p);
+    if (!p || !(p->th = calloc((size_t)n, sizeof *p->th))) {
+        free(p);
+        return NULL;
+    }
+    p->n = 1;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->start, NULL);
+    pthread_cond_init(&p->done, NULL);
+    for (int i = 1; i < n; i++) {
+        void **arg = malloc(2 * sizeof *arg);
+        if (!arg)
+            break;
+        arg[0] = p;
+        arg[1] = (void *)(intptr_t)i;
+        if (pthread_create(&p->th[i], NULL, pool_worker, arg)) {
+            free(arg);
+            break;
+        }
+        p->n = i + 1;
+    }
+    return p;
+}
+
+static void pool_free(pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_broadcast(&p->start);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++)
+        pthread_join(p->th[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->start);
+    pthread_cond_destroy(&p->done);
+    free(p->th);
+    free(p);
+}
+
+static void pool_run(llama_model *m, void (*fn)(void *, int, int), void *arg, int parallel)
+{
+    pool *p = m->pool;
+    if (!parallel || !p || p->n == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    p->pending = p->n - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->start);
+    pthread_mutex_unlock(&p->mu);
+    fn(arg, 0, p->n);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending)
+        pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void llama_set_threads(llama_model *m, int n)
+{
+    if (n < 1)
+        n = 1;
+    if (n == m->nthreads)
+        return;
+    pool_free(m->pool);
+    m->pool = NULL;
+    m->nthreads = n;
+}
+
+/* ------------------------------------------------------------------------
+ * State */
+
+/* HF inverse frequencies theta^(-2i/d), adjusted by rope_scaling
+ * (modeling_rope_utils.py: linear divides by factor; llama3 keeps high
+ * frequencies, divides low ones by factor and interpolates between). */
+static double rope_inv_freq(const llama_model *m, int i)
+{
+    const llama_config *c = &m->cfg;
+    double f = 1.0 / pow(c->rope_theta, (2.0 * i) / c->head_dim);
+    if (m->rope_kind == 1)
+        return f / m->rope_factor;
+    if (m->rope_kind == 2) {
+        double low_wl = m->rope_orig / m->rope_low, high_wl = m->rope_orig / m->rope_high;
+        double wl = 2 * M_PI / f;
+        if (wl < high_wl)
+            return f;
+        if (wl > low_wl)
+            return f / m->rope_factor;
+        double smooth = (m->rope_orig / wl - m->rope_low) / (m->rope_high - m->rope_low);
+        return (1 - smooth) * f / m->rope_factor + smooth * f;
+    }
+    return f;
+}
+
+static void *xcalloc(size_t n, size_t sz, int *bad)
+{
+    void *p = calloc(n ? n : 1, sz);
+    if (!p)
+        *bad = 1;
+    return p;
+}
+
+llama_state *llama_state_new(const llama_model *m, int ctx, int max_batch, char **errp)
+{
+    const llama_config *c = &m->cfg;
+    if (ctx < 1 || max_batch < 1 || max_batch > ctx) {
+        fail(errp, "bad context %d / batch %d", ctx, max_batch);
+        return NULL;
+    }
+    llama_state *s = calloc(1, sizeof *s);
+    if (!s) {
+        fail(errp, "out of memory");
+        return NULL;
+    }
+    int bad = 0, half = c->head_dim / 2;
+    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    size_t B = (size_t)max_batch, wide = qd > (size_t)c->dim ? qd : (size_t)c->dim;
+    s->ctx = ctx;
+    s->max_batch = max_batch;
+    s->kcache = xcalloc((size_t)c->n_layers * ctx * kvd, sizeof(float), &bad);
+    s->vcache = xcalloc((size_t)c->n_layers * ctx * kvd, sizeof(float), &bad);
+    s->rope_cos = xcalloc((size_t)ctx * half, sizeof(float), &bad);
+    s->rope_sin = xcalloc((size_t)ctx * half, sizeof(float), &bad);
+    s->x = xcalloc(B * c->dim, sizeof(float), &bad);
+    s->xb = xcalloc(B * wide, sizeof(float), &bad);
+    s->q = xcalloc(B * qd, sizeof(float), &bad);
+    s->k = xcalloc(B * kvd, sizeof(float), &bad);
+    s->v = xcalloc(B * kvd, sizeof(float), &bad);
+    s->g = xcalloc(B * c->hidden, sizeof(float), &bad);
+    s->u = xcalloc(B * c->hidden, sizeof(float), &bad);
+    s->y = xcalloc(B * c->dim, sizeof(float), &bad);
+    if (bad) {
+        llama_state_free(s);
+        fail(errp, "out of memory for a context of %d tokens", ctx);
+        return NULL;
+    }
+    // cos/sin of position * inv_freq, computed in double
+    for (int i = 0; i < half; i++) {
+        double f = rope_inv_freq(m, i);
+        for (int p = 0; p < ctx; p++) {
+            s->rope_cos[(size_t)p * half + i] = (float)cos(p * f);
+            s->rope_sin[(size_t)p * half + i] = (float)sin(p * f);
+        }
+    }
+    return s;
+}
+
+void llama_state_reset(llama_state *s) { s->pos = 0; }
+int  llama_state_pos(const llama_state *s) { return s->pos; }
+
+void llama_state_free(llama_state *s)
+{
+    if (!s)
+        return;
+    free(s->kcache); free(s->vcache); free(s->rope_cos); free(s->rope_sin);
+    free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
+    free(s->g); free(s->u); free(s->y); free(s->scores);
+    free(s);
+}
+
+/* ------------------------------------------------------------------------
+ * Forward-pass blocks */
+
+/* out = x / sqrt(mean(x²) + eps) * w, per row; x, out: (n, d); w: (d) */
+static void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps)
+{
+    for (int t = 0; t < n; t++) {
+        const float *xr = x + (size_t)t * d;
+        float *o = out + (size_t)t * d;
+        // mean of squares, in double
+        double ss = 0;
+        for (int i = 0; i < d; i++)
+            ss += (double)xr[i] * xr[i];
+        float inv = (float)(1.0 / sqrt(ss / d + eps));
+        // normalize and scale
+        for (int i = 0; i < d; i++)
+            o[i] = w[i] * (xr[i] * inv);
+    }
+}
+
+/* HF rotate-half: v[i], v[i+h] -> v[i] cos - v[i+h] sin, v[i+h] cos + v[i] sin.
+ * v: (n, nheads, hd) for tokens at positions pos0..pos0+n-1. */
+static void rope(const llama_state *s, float *v, int n, int nheads, int hd, int pos0)
+{
+    int half = hd / 2;
+    for (int t = 0; t < n; t++) {
+        const float *cs = s->rope_cos + (size_t)(pos0 + t) * half;
+        const float *sn = s->rope_sin + (size_t)(pos0 + t) * half;
+        for (int h = 0; h < nheads; h++) {
+            float *r = v + ((size_t)t * nheads + h) * hd;
+            for (int i = 0; i < half; i++) {
+                float a = r[i], b = r[i + half];
+                r[i] = a * cs[i] - b * sn[i];
+                r[i + half] = b * cs[i] + a * sn[i];
+            }
+        }
+    }
+}
+
+typedef struct {
+    float *y;
+    const float *x;
+    const linear *li;
+    int n;
+} matmul_job;
+
+static void matmul_worker(void *arg, int tid, int nth)
+{
+    matmul_job *j = arg;
+    int dout = j->li->dout;
+    int o0 = (int)((int64_t)dout * tid / nth), o1 = (int)((int64_t)dout * (tid + 1) / nth);
+    kern_matmul(j->y, j->x, j->li->w, j->li->b, j->n, j->li->din, dout, o0, o1);
+}
+
+/* y (n, dout) = x (n, din) Wᵀ + b, output rows split among the threads */
+static void linear_run(llama_model *m, const linear *li, float *y, const float *x, int n)
+{
+    matmul_job j = { y, x, li, n };
+    double flops = (double)n * li->din * li->dout;
+    pool_run(m, matmul_worker, &j, flops > 1e5);
+}
+
+typedef struct {
+    llama_model *m;
+    llama_state *s;
+    int layer, n;
+    float *out;                 /* (n, q_dim) */
+} attn_job;
+
+/* Causal attention of one query head at one position over the cache. */
+static void attn_one(const attn_job *j, int h, int t, float *sc)
+{
+    const llama_config *c = &j->m->cfg;
+    const llama_state *s = j->s;
+    int hd = c->head_dim, kvd = c->n_kv_heads * hd;
+    int kvh = h / (c->n_heads / c->n_kv_heads);
+    int p = s->pos + t;
+    int lo = c->sliding_window && p >= c->sliding_window ? p - c->sliding_window + 1 : 0;
+    const float *q = s->q + ((size_t)t * c->n_heads + h) * hd;
+    const float *kc = s->kcache + (size_t)j->layer * s->ctx * kvd + kvh * hd;
+    const float *vc = s->vcache + (size_t)j->layer * s->ctx * kvd + kvh * hd;
+    float scale = (float)(1.0 / sqrt((double)hd));
+    // scores q·k / sqrt(hd), with their max for a stable softmax
+    float mx = -INFINITY;
+    for (int k = lo; k <= p; k++) {
+        sc[k] = kern_dot(q, kc + (size_t)k * kvd, hd) * scale;
+        if (sc[k] > mx)
+            mx = sc[k];
+    }
+    double sum = 0;
+    for (int k = lo; k <= p; k++) {
+        sc[k] = expf(sc[k] - mx);
+        sum += sc[k];
+    }
+    // weighted sum of the values
+    float inv = (float)(1.0 / sum);
+    float *o = j->out + ((size_t)t * c->n_heads + h) * hd;
+    memset(o, 0, (size_t)hd * sizeof *o);
+    for (int k = lo; k <= p; k++)
+        kern_axpy(o, sc[k] * inv, vc + (size_t)k * kvd, hd);
+}
+
+static void attn_worker(void *arg, int tid, int nth)
+{
+    attn_job *j = arg;
+    int nh = j->m->cfg.n_heads;
+    int64_t items = (int64_t)nh * j->n;
+    float *sc = j->s->scores + (size_t)tid * j->s->ctx;
+    for (int64_t i = items * tid / nth; i < items * (tid + 1) / nth; i++)
+        attn_one(j, (int)(i % nh), (int)(i / nh), sc);
+}
+
+static int hook_call(llama_model *m, const linear *li, int nl, const float *x, int n, char **errp)
+{
+    if (!m->hook)
+        return 0;
+    const char *names[LIN_COUNT];
+    for (int i = 0; i < nl; i++)
+        names[i] = li[i].name;
+    char *e = NULL;
+    if (m->hook(m->hook_ctx, names, nl, x, n, li[0].din, &e) < 0)
+        return e ? (*errp = e, -1) : fail(errp, "calibration hook failed");
+    return 0;
+}
+
+/* One decoder layer on the residual stream s->x (n tokens). */
+static int layer_forward(llama_model *m, llama_state *s, int l, int n, char **errp)
+{
+    const llama_config *c = &m->cfg;
+    layer *L = &m->layers[l];
+    int hd = c->head_dim, kvd = c->n_kv_heads * hd, dim = c->dim;
+    // attention: norm, q/k/v, rotary, cache, attend, o_proj
+    rmsnorm(s->xb, s->x, L->attn_norm, n, dim, c->eps);
+    if (hook_call(m, &L->lin[LIN_Q], 3, s->xb, n, errp) < 0)
+        return -1;
+    linear_run(m, &L->lin[LIN_Q], s->q, s->xb, n);
+    linear_run(m, &L->lin[LIN_K], s->k, s->xb, n);
+    linear_run(m, &L->lin[LIN_V], s->v, s->xb, n);
+    rope(s, s->q, n, c->n_heads, hd, s->pos);
+    rope(s, s->k, n, c->n_kv_heads, hd, s->pos);
+    size_t base = ((size_t)l * s->ctx + s->pos) * kvd;
+    memcpy(s->kcache + base, s->k, (size_t)n * kvd * sizeof(float));
+    memcpy(s->vcache + base, s->v, (size_t)n * kvd * sizeof(float));
+    attn_job aj = { m, s, l, n, s->xb };
+    pool_run(m, attn_worker, &aj, 1);
+    if (hook_call(m, &L->lin[LIN_O], 1, s->xb, n, errp) < 0)
+        return -1;
+    linear_run(m, &L->lin[LIN_O], s->y, s->xb, n);
+    for (size_t i = 0; i < (size_t)n * dim; i++)
+        s->x[i] += s->y[i];
+    // MLP: norm, silu(gate) * up, down_proj
+    rmsnorm(s->xb, s->x, L->ffn_norm, n, dim, c->eps);
+    if (hook_call(m, &L->lin[LIN_GATE], 2, s->xb, n, errp) < 0)
+        return -1;
+    linear_run(m, &L->lin[LIN_GATE], s->g, s->xb, n);
+    linear_run(m, &L->lin[LIN_UP], s->u, s->xb, n);
+    for (size_t i = 0; i < (size_t)n * c->hidden; i++)
+        s->g[i] = s->g[i] / (1.0f + expf(-s->g[i])) * s->u[i];
+    if (hook_call(m, &L->lin[LIN_DOWN], 1, s->g, n, errp) < 0)
+        return -1;
+    linear_run(m, &L->lin[LIN_DOWN], s->y, s->g, n);
+    for (size_t i = 0; i < (size_t)n * dim; i++)
+        s->x[i] += s->y[i];
+    return 0;
+}
+
+static int state_prepare(llama_model *m, llama_state *s, char **errp)
+{
+    if (m->nthreads > 1 && !m->pool && !(m->pool = pool_new(m->nthreads)))
+        return fail(errp, "cannot start %d threads", m->nthreads);
+    int nth = m->pool ? m->pool->n : 1;
+    if (s->nscores < nth) {
+        float *sc = realloc(s->scores, (size_t)nth * s->ctx * sizeof *sc);
+        if (!sc)
+            return fail(errp, "out of memory");
+        s->scores = sc;
+        s->nscores = nth;
+    }
+    return 0;
+}
+
+int llama_eval(llama_model *m, llama_state *s, const uint32_t *tokens, int n,
+               float *logits, int last_only, char **errp)
+{
+    const llama_config *c = &m->cfg;
+    if (n < 1 || n > s->max_batch)
+        return fail(errp, "batch of %d tokens (1..%d allowed)", n, s->max_batch);
+    if (s->pos + n > s->ctx)
+        return fail(errp, "context full: %d + %d tokens > %d", s->pos, n, s->ctx);
+    if (state_prepare(m, s, errp) < 0)
+        return -1;
+    // embedding lookup
+    for (int t = 0; t < n; t++) {
+        if (tokens[t] >= (uint32_t)c->vocab)
+            return fail(errp, "token id %u outside the vocabulary (%d)", tokens[t], c->vocab);
+        memcpy(s->x + (size_t)t * c->dim, m->embed + (size_t)tokens[t] * c->dim,
+               (size_t)c->dim * sizeof(float));
+    }
+    for (int l = 0; l < c->n_layers; l++)
+        if (layer_forward(m, s, l, n, errp) < 0)
+            return -1;
+    s->pos += n;
+    // final norm and head (only the last row if asked)
+    int first = last_only ? n - 1 : 0, rows = n - first;
+    const float *xr = s->x + (size_t)first * c->dim;
+    rmsnorm(s->xb, xr, m->final_norm, rows, c->dim, c->eps);
+    if (m->hook && !c->tied && hook_call(m, &m->head, 1, s->xb, rows, errp) < 0)
+        return -1;
+    if (logits)
+        linear_run(m, &m->head, logits, s->xb, rows);
+    return 0;
+}
+
+double llama_logsumexp(const float *logits, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += exp((double)logits[i] - mx);
+    return mx + log(sum);
+}
+
+int llama_argmax(const float *logits, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (logits[i] > logits[best])
+            best = i;
+    return best;
+}
+
+/* ------------------------------------------------------------------------
+ * Weight providers */
+
+static const char *carried_config(const qs_header *h, size_t *len, char **errp)
+{
+    const qs_file *f = qs_header_file(h, "config.json");
+    if (!f) {
+        fail(errp, "no config.json with the weights");
+        return NULL;
+    }
+    *len = f->len;
+    return (const char *)f->data;
+}
+
+/* Decode a tensor's bytes into f32 (plain float dtypes directly, the rest
+ * through dequant.h). */
+static float *bytes_to_f32(const qs_tensor *t, const void *data, size_t len, char **errp)
+{
+    int64_t numel = qs_numel(t->ndim, t->shape);
+    if (numel < 0) {
+        fail(errp, "%s: bad shape", t->name);
+        return NULL;
+    }
+    if (t->nparts == 1 && !tensor_is_quantized(t) && dtype_traits[t->dtype].is_float &&
+        t->parts[0].dtype == t->dtype) {
+        if (len != (size_t)numel * dtype_size(t->dtype)) {
+            fail(errp, "%s: %zu bytes for %lld elements", t->name, len, (long long)numel);
+            return NULL;
+        }
+        float *f = malloc((size_t)(numel ? numel : 1) * sizeof *f);
+        if (!f) {
+            fail(errp, "%s: out of memory", t->name);
+            return NULL;
+        }
+        dtype_to_f32(t->dtype, data, f, (size_t)numel);
+        return f;
+    }
+    return tensor_to_f32(t, data, len, errp);
+}
+
+static int source_get(void *ctx, const char *name, float **data, int64_t *shape, int *ndim,
+                      char **errp)
+{
+    qsrc *s = ctx;
+    int idx = qsrc_find(s, name);
+    if (idx < 0)
+        return 0;
+    const qs_tensor *t = &s->tensors[idx];
+    size_t len = (size_t)qs_tensor_nbytes(t);
+    const void *p = qsrc_map(s, idx);
+    void *buf = NULL;
+    if (!p) {
+        if (!(buf = malloc(len ? len : 1)))
+            return fail(errp, "%s: out of memory", name);
+        if (qsrc_read(s, idx, 0, buf, len, errp) < 0) {
+            free(buf);
+            return -1;
+        }
+        p = buf;
+    }
+    *data = bytes_to_f32(t, p, len, errp);
+    free(buf);
+    if (!*data)
+        return -1;
+    *ndim = t->ndim;
+    memcpy(shape, t->shape, (size_t)t->ndim * sizeof *shape);
+    return 1;
+}
+
+llama_model *llama_load_source(qsrc *s, char **errp)
+{
+    size_t len;
+    const char *cfg = carried_config(&s->header, &len, errp);
+    return cfg ? llama_load(cfg, len, source_get, s, errp) : NULL;
+}
+
+typedef struct {
+    int n;
+    char **names;
+    float **data;
+    int64_t (*shape)[QS_MAX_DIMS];
+    int *ndim;
+} tensor_table;
+
+static int table_get(void *ctx, const char *name, float **data, int64_t *shape, int *ndim,
+                     char **errp)
+{
+    (void)errp;
+    tensor_table *tt = ctx;
+    for (int i = 0; i < tt->n; i++)
+        if (tt->data[i] && !strcmp(tt->names[i], name)) {
+            *data = tt->data[i];
+            tt->data[i] = NULL;     /* ownership passes to the engine */
+            *ndim = tt->ndim[i];
+            memcpy(shape, tt->shape[i], sizeof tt->shape[i]);
+            return 1;
+        }
+    return 0;
+}
+
+static int table_add(tensor_table *tt, const qs_tensor *t, float *f)
+{
+    int n = tt->n + 1;
+    char **nm = realloc(tt->names, (size_t)n * sizeof *nm);
+    if (nm) tt->names = nm;
+    float **d = realloc(tt->data, (size_t)n * sizeof *d);
+    if (d) tt->data = d;
+    int64_t (*sh)[QS_MAX_DIMS] = realloc(tt->shape, (size_t)n * sizeof *sh);
+    if (sh) tt->shape = sh;
+    int *nd = realloc(tt->ndim, (size_t)n * sizeof *nd);
+    if (nd) tt->ndim = nd;
+    if (!nm || !d || !sh || !nd || !(tt->names[tt->n] = strdup(t->name)))
+        return -1;
+    tt->data[tt->n] = f;
+    memcpy(tt->shape[tt->n], t->shape, sizeof tt->shape[0]);
+    tt->ndim[tt->n] = t->ndim;
+    tt->n = n;
+    return 0;
+}
+
+static void table_free(tensor_table *tt)
+{
+    for (int i = 0; i < tt->n; i++) {
+        free(tt->names[i]);
+        free(tt->data[i]);
+    }
+    free(tt->names); free(tt->data); free(tt->shape); free(tt->ndim);
+}
+
+llama_model *llama_load_stream(qs_reader *r, char **errp)
+{
+    const qs_header *h = qs_reader_header(r);
+    const char *kind = json_string_value(json_object_get(h->meta, "kind"));
+    if (kind && strcmp(kind, "model")) {
+        fail(errp, "stream is of kind '%s', not a model", kind);
+        return NULL;
+    }
+    size_t len;
+    const char *cfg = carried_config(h, &len, errp);
+    if (!cfg)
+        return NULL;
+    tensor_table tt = { 0 };
+    llama_model *m = NULL;
+    const qs_tensor *t;
+    int rc;
+    while ((rc = qs_reader_next(r, &t)) == 1) {
+        size_t n;
+        void *data = qs_reader_read_all(r, &n);
+        if (!data) {
+            fail(errp, "%s", qs_reader_error(r));
+            goto out;
+        }
+        float *f = bytes_to_f32(t, data, n, errp);
+        free(data);
+        if (!f)
+            goto out;
+        if (table_add(&tt, t, f) < 0) {
+            free(f);
+            fail(errp, "out of memory");
+            goto out;
+        }
+    }
+    if (rc < 0) {
+        fail(errp, "%s", qs_reader_error(r));
+        goto out;
+    }
+    m = llama_load(cfg, len, table_get, &tt, errp);
+out:
+    table_free(&tt);
+    return m;
+}
