@@ -23,7 +23,13 @@ LIB_OBJ   = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
 TOOLS     = $(patsubst filters/%.c,%,$(wildcard filters/*.c))
 TOOL_BIN  = $(addprefix $(BIN)/,$(TOOLS))
 UNIT_SRC  = $(wildcard tests/unit/test_*.c)
-UNIT_BIN  = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+FUZZ_SRC  = $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES = $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+# Each fuzz target also builds as a plain replay program (tests/fuzz/replay.c)
+# that runs its seed and regression corpora: part of the unit tests.
+UNIT_BIN  = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC)) \
+            $(patsubst %,$(BUILD)/tests/test_fuzz_%,$(FUZZ_NAMES))
+FUZZ_SECONDS ?= 60
 HELPER_SRC = $(wildcard tests/tools/*.c)
 HELPER_BIN = $(patsubst tests/tools/%.c,$(BIN)/%,$(HELPER_SRC))
 
@@ -48,6 +54,24 @@ $(BIN)/%: $(BUILD)/tests/tools/%.o $(BUILD)/libqpipe.a
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libqpipe.a
 	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/test_fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o $(BUILD)/libqpipe.a
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+# libFuzzer builds (clang): build-fuzz/fuzz_<name>
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRC)
+	@mkdir -p build-fuzz
+	$(Q)clang -std=c11 -D_GNU_SOURCE -O1 -g -pthread -Icommon -Iformats -fsanitize=fuzzer,address,undefined \
+	  $< $(LIB_SRC) -o $@ $(LDLIBS)
+
+fuzz: deps
+	$(Q)for n in $(FUZZ_NAMES); do $(MAKE) --no-print-directory build-fuzz/fuzz_$$n || exit 1; \
+	  mkdir -p build-fuzz/corpus-$$n; \
+	  echo "fuzz_$$n: $(FUZZ_SECONDS) s"; \
+	  build-fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	    $$( [ -f tests/fuzz/$$n.dict ] && echo -dict=tests/fuzz/$$n.dict ) \
+	    -artifact_prefix=tests/fuzz/regress/$$n/ build-fuzz/corpus-$$n tests/fuzz/corpus/$$n || exit 1; \
+	done
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
@@ -79,4 +103,4 @@ bench: all
 	$(Q)tests/bench/run-all
 
 clean:
-	rm -rf build build-asan bin
+	rm -rf build build-asan bin build-fuzz
