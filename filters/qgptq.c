@@ -1,0 +1,312 @@
+/* qgptq — quantize the linear weights of a model stream with GPTQ (or RTN).
+ *
+ * Reads a model qstream on stdin and writes it on stdout with every selected
+ * 2-D linear weight (by default the decoder blocks' q/k/v/o and gate/up/down
+ * projections) replaced by a quantized tensor: parts codes/scales/zeros
+ * [/g_idx] and attrs.quant (common/quant.h, docs/qstream.md). Everything else
+ * passes through byte for byte. GPTQ needs the per-weight Hessians of a
+ * `qcal` stats file (--stats); --rtn rounds to nearest without one.
+ * The output header's manifest describes the quantized tensors, and a
+ * provenance entry records the command.
+ */
+#include "cli.h"
+#include "dtype.h"
+#include "gptq.h"
+#include "qstream.h"
+#include "quant.h"
+#include "stats.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: qgptq [options] --stats cal.qs < in.qs > out.qs\n"
+    "  Quantize the linear weights of a model stream with GPTQ (Frantar et al. 2023).\n"
+    "options:\n"
+    "  --bits B            integer grid bits, 2..8 (default 4)\n"
+    "  --group G           columns per scale group, or -1 for whole rows (default 128)\n"
+    "  --sym               symmetric grid (zero point 2^(B-1)); default asymmetric\n"
+    "  --act-order         visit columns by decreasing Hessian diagonal (desc_act)\n"
+    "  --static-groups     with --act-order: group params from the original columns\n"
+    "  --damp F            dampening, fraction of the mean Hessian diagonal (default 0.01)\n"
+    "  --block N           lazy-update block width (default 128)\n"
+    "  --grid NAME         int (default), nf4, fp8_e4m3, fp8_e5m2 (nf4/fp8 need --rtn)\n"
+    "  --rtn               round to nearest instead of GPTQ (no stats needed)\n"
+    "  --mse               search clipped ranges for the lowest |w-q|^2.4 (quant.py mse)\n"
+    "  --weighted          with --rtn: weight that error by the stats' x2_mean (imatrix-like)\n"
+    "  --stats FILE        calibration statistics from qcal (Hessians)\n"
+    "  --skip-missing      leave weights without stats unquantized instead of failing\n"
+    "  --include GLOBS     quantize these tensors instead of the default linears\n"
+    "  --exclude GLOBS     never quantize these\n"
+    "  --threads N         worker threads (default: online CPUs); output is identical for any N\n"
+    "  -f, --force         write the stream even to a terminal\n"
+    "  -q, -v, --progress, --help, --version\n"
+    "examples:\n"
+    "  qcat model/ | qgptq --bits 4 --group 128 --act-order --stats cal.qs | qpack -o q4/\n"
+    "  qcat model/ | qgptq --rtn --bits 8 --group -1 > rtn8.qs\n";
+
+static const char default_linears[] =
+    "*.self_attn.q_proj.weight,*.self_attn.k_proj.weight,*.self_attn.v_proj.weight,"
+    "*.self_attn.o_proj.weight,*.mlp.gate_proj.weight,*.mlp.up_proj.weight,*.mlp.down_proj.weight";
+
+struct cmdline {
+    gptq_opts gptq;              /* grid, scale search, block, damp, threads */
+    int rtn, weighted, skip_missing, force;
+    const char *stats_path, *include, *exclude;
+};
+
+static void parse_cmdline(int argc, char **argv, struct cmdline *c)
+{
+    memset(c, 0, sizeof *c);
+    gptq_opts_default(&c->gptq);
+    gptq_opts *o = &c->gptq;
+    quant_grid *g = &o->grid;
+    int grid_spec = 0, group_spec = 0, bits_spec = 0;
+    o->threads = default_threads();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int takes = v && (!strcmp(a, "--bits") || !strcmp(a, "--group") || !strcmp(a, "--damp")
+                          || !strcmp(a, "--block") || !strcmp(a, "--grid") || !strcmp(a, "--stats")
+                          || !strcmp(a, "--include") || !strcmp(a, "--exclude") || !strcmp(a, "--threads"));
+        if (!strcmp(a, "--bits") && v) { g->bits = (int)parse_long("--bits", v, 2, 8); bits_spec = 1; }
+        else if (!strcmp(a, "--group") && v) {
+            g->group = (int)parse_long("--group", v, -1, 1 << 30);
+            if (g->group == 0) usage_error("--group: must be -1 (whole rows) or positive");
+            group_spec = 1;
+        }
+        else if (!strcmp(a, "--damp") && v) o->damp = parse_double("--damp", v, 0.0, 10.0);
+        else if (!strcmp(a, "--block") && v) o->block = (int)parse_long("--block", v, 1, 1 << 20);
+        else if (!strcmp(a, "--grid") && v) {
+            if (quant_grid_set_scheme(g, v)) usage_error("--grid: unknown grid '%s'", v);
+            grid_spec = 1;
+        }
+        else if (!strcmp(a, "--stats") && v) c->stats_path = v;
+        else if (!strcmp(a, "--include") && v) c->include = v;
+        else if (!strcmp(a, "--exclude") && v) c->exclude = v;
+        else if (!strcmp(a, "--threads") && v) o->threads = (int)parse_long("--threads", v, 1, 1024);
+        else if (!strcmp(a, "--sym")) g->sym = 1;
+        else if (!strcmp(a, "--act-order")) g->act_order = 1;
+        else if (!strcmp(a, "--static-groups")) g->static_groups = 1;
+        else if (!strcmp(a, "--rtn")) c->rtn = 1;
+        else if (!strcmp(a, "--mse")) o->scale.mode = QSCALE_MSE;
+        else if (!strcmp(a, "--weighted")) c->weighted = 1;
+        else if (!strcmp(a, "--skip-missing")) c->skip_missing = 1;
+        else if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
+        else if (a[0] == '-' && a[1]) usage_error("unknown option '%s'%s", a, v || takes ? "" : " or missing value");
+        else usage_error("unexpected argument '%s' (the stream comes on stdin)", a);
+        if (takes) i++;
+    }
+    // grid-specific defaults and checks
+    if (grid_spec && g->scheme == QUANT_FP8 && !group_spec) g->group = -1;
+    if (grid_spec && g->scheme != QUANT_INT && bits_spec) usage_error("--bits: only for --grid int");
+    if (g->scheme == QUANT_GGUF) usage_error("--grid %s: GGUF grids are not implemented yet", g->gguf_type);
+    if (g->scheme != QUANT_INT && !c->rtn) usage_error("--grid %s: needs --rtn (GPTQ is implemented for int grids)",
+                                                       g->scheme == QUANT_NF4 ? "nf4" : "fp8");
+    if (g->static_groups && !g->act_order) usage_error("--static-groups: goes with --act-order");
+    if (c->rtn && g->act_order) usage_error("--act-order: means nothing with --rtn");
+    if (c->weighted && !c->rtn) usage_error("--weighted: only with --rtn (GPTQ weighs errors by the Hessian)");
+    if (c->weighted && !c->stats_path) usage_error("--weighted: needs --stats");
+    if (!c->rtn && !c->stats_path) usage_error("GPTQ needs --stats FILE (or use --rtn)");
+    char *err = NULL;
+    if (quant_grid_check(g, 0, &err)) usage_error("%s", err);
+    snprintf(g->method, sizeof g->method, "%s", c->rtn ? "rtn" : "gptq");
+}
+
+/*-*** Planning: which tensors, and what they become ***/
+
+static int is_selected(const struct cmdline *c, const char *name, qdtype dt, int ndim)
+{
+    if (ndim != 2 || !dtype_traits[dt].is_float) return 0;
+    if (!glob_list_match(c->include ? c->include : default_linears, name)) return 0;
+    return !(c->exclude && glob_list_match(c->exclude, name));
+}
+
+/* 1 quantize, 0 pass through (dies on a weight with no stats and no --skip-missing). */
+static int plan_tensor(const struct cmdline *c, const stats *st, const char *name, qdtype dt, int ndim,
+                       int warn)
+{
+    if (!is_selected(c, name, dt, ndim)) return 0;
+    if (c->rtn && !c->weighted) return 1;
+    size_t n;
+    const char *what = c->rtn ? "x2_mean" : "hessian";
+    if (stats_get(st, name, what, &n)) return 1;
+    if (c->skip_missing) {
+        if (warn) warn_msg("'%s': no %s in %s, left unquantized", name, what, c->stats_path);
+        return 0;
+    }
+    die("'%s': no %s in %s (use --skip-missing to leave it unquantized)", name, what, c->stats_path);
+}
+
+/* The quantized tensor's header: logical f32 [rows, cols], parts, attrs. */
+static void quantized_header(const struct cmdline *c, const char *name, const json_t *attrs,
+                             int64_t rows, int64_t cols, qs_tensor *q)
+{
+    const quant_grid *g = &c->gptq.grid;
+    const int64_t shape[2] = { rows, cols }, ng = quant_ngroups(g, cols);
+    if (qs_tensor_init(q, name, DT_F32, 2, shape)) die("'%s': bad shape", name);
+    q->nparts = 0;
+    const int64_t cshape[2] = { rows, cols }, sshape[2] = { rows, ng }, fp8row[2] = { rows, 1 }, one[1] = { 1 };
+    qs_tensor_add_part(q, "codes", DT_U8, 2, cshape);
+    if (g->scheme == QUANT_FP8)
+        qs_tensor_add_part(q, "scales", DT_F32, g->group == 0 ? 1 : 2, g->group == 0 ? one : fp8row);
+    else
+        qs_tensor_add_part(q, "scales", DT_F32, 2, sshape);
+    if (g->scheme == QUANT_INT) qs_tensor_add_part(q, "zeros", DT_F32, 2, sshape);
+    if (g->scheme == QUANT_INT && g->act_order && !g->static_groups && g->group > 0)
+        qs_tensor_add_part(q, "g_idx", DT_I32, 1, &cols);
+    q->attrs = attrs ? json_deep_copy(attrs) : json_object();
+    json_object_set_new(q->attrs, "quant", quant_grid_to_json(g));
+}
+
+/* Provenance without --threads: it cannot change a byte of the output. */
+static void add_provenance(qs_header *h, int argc, char **argv)
+{
+    char **args = calloc((size_t)argc + 1, sizeof *args);
+    int nargs = 0;
+    for (int a = 1; a < argc; a++) {
+        if (!strcmp(argv[a], "--threads") && a + 1 < argc) { a++; continue; }
+        args[nargs++] = argv[a];
+    }
+    if (qs_header_add_provenance(h, "qgptq", QPIPE_VERSION, nargs, args)) die("out of memory");
+    free(args);
+}
+
+/* Output header: input's, manifest entries of quantized tensors replaced. */
+static void build_header(const struct cmdline *c, const stats *st, const qs_header *in,
+                         int argc, char **argv, qs_header *out)
+{
+    if (qs_header_copy(out, in)) die("out of memory");
+    json_t *old = out->manifest;
+    out->manifest = json_array();
+    size_t i;
+    json_t *e;
+    json_array_foreach(old, i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        const json_t *shape = json_object_get(e, "shape");
+        const char *dts = json_string_value(json_object_get(e, "dtype"));
+        qdtype dt = dts ? dtype_from_name(dts) : DT_INVALID;
+        int ndim = (int)json_array_size(shape);
+        if (!name || json_object_get(e, "quant") || !plan_tensor(c, st, name, dt, ndim, 1)) {
+            json_array_append(out->manifest, e);
+            continue;
+        }
+        qs_tensor q;
+        quantized_header(c, name, NULL, json_integer_value(json_array_get(shape, 0)),
+                         json_integer_value(json_array_get(shape, 1)), &q);
+        qs_header_manifest_add(out, &q);
+        qs_tensor_clear(&q);
+    }
+    json_decref(old);
+    add_provenance(out, argc, argv);
+}
+
+/*-*** Quantizing one tensor ***/
+
+static void writer_die(qs_writer *w) __attribute__((noreturn));
+static void writer_die(qs_writer *w)
+{
+    exit_if_epipe(qs_writer_errno(w));
+    die("stdout: %s", qs_writer_error(w));
+}
+
+static float *read_weight_f32(qs_reader *r, const qs_tensor *t, int64_t numel)
+{
+    size_t len;
+    void *raw = qs_reader_read_all(r, &len);
+    if (!raw) die("stdin: %s", qs_reader_error(r));
+    if (t->nparts != 1 || len != (size_t)numel * dtype_size(t->dtype))
+        die("'%s': expected one data part of %lld values", t->name, (long long)numel);
+    float *w = malloc((size_t)numel * sizeof *w);
+    if (!w) die("'%s': out of memory", t->name);
+    dtype_to_f32(t->dtype, raw, w, (size_t)numel);
+    free(raw);
+    return w;
+}
+
+static void quantize_tensor(const struct cmdline *c, const stats *st, qs_reader *r, qs_writer *w,
+                            const qs_tensor *t)
+{
+    const int64_t rows = t->shape[0], cols = t->shape[1];
+    const char *json_mask = t->attrs ? json_string_value(json_object_get(t->attrs, "mask")) : NULL;
+    gptq_opts o = c->gptq;
+    o.mask_zeros = json_mask && !strcmp(json_mask, "zeros");
+    char *err = NULL;
+    if (quant_grid_check(&o.grid, cols, &err)) die("'%s': %s", t->name, err);
+    float *wf = read_weight_f32(r, t, rows * cols);
+    gptq_result res;
+    memset(&res, 0, sizeof res);
+    if (c->rtn) {
+        size_t n = 0;
+        o.scale.importance = c->weighted ? stats_get(st, t->name, "x2_mean", &n) : NULL;
+        if (c->weighted && n != (size_t)cols)
+            die("'%s': x2_mean has %zu values, expected %lld", t->name, n, (long long)cols);
+        res.ngroups = quant_ngroups(&o.grid, cols);
+        res.codes = malloc((size_t)(rows * cols));
+        res.scales = malloc((size_t)(rows * res.ngroups) * sizeof(float));
+        res.zeros = malloc((size_t)(rows * res.ngroups) * sizeof(float));
+        if (quant_rtn(&o.grid, &o.scale, wf, rows, cols, res.codes, res.scales,
+                      o.grid.scheme == QUANT_INT ? res.zeros : NULL, NULL, o.threads, &err))
+            die("'%s': %s", t->name, err);
+    } else {
+        size_t n = 0;
+        const float *h = stats_get(st, t->name, "hessian", &n);
+        if (n != (size_t)(cols * cols))
+            die("'%s': hessian has %zu values, expected %lld x %lld", t->name, n, (long long)cols, (long long)cols);
+        if (gptq_quantize(wf, rows, cols, h, &o, &res, &err)) die("'%s': %s", t->name, err);
+    }
+    qs_tensor q;
+    quantized_header(c, t->name, t->attrs, rows, cols, &q);
+    if (qs_writer_begin(w, &q) < 0) writer_die(w);
+    const void *parts[4] = { res.codes, res.scales, res.zeros, res.g_idx };
+    for (int i = 0; i < q.nparts; i++)
+        if (qs_writer_write(w, parts[i], q.parts[i].nbytes) < 0) writer_die(w);
+    if (qs_writer_end(w) < 0) writer_die(w);
+    qs_tensor_clear(&q);
+    gptq_result_free(&res);
+    free(wf);
+}
+
+static void copy_tensor(qs_reader *r, qs_writer *w)
+{
+    if (qs_copy_tensor(r, w, NULL) == 0) return;
+    exit_if_epipe(qs_writer_errno(w));
+    die("%s", qs_writer_error(w) ? qs_writer_error(w) : qs_reader_error(r));
+}
+
+int main(int argc, char **argv)
+{
+    struct cmdline c;
+    proginit(&argc, argv, "qgptq", usage);
+    parse_cmdline(argc, argv, &c);
+    char *err = NULL;
+    stats *st = NULL;
+    if (c.stats_path && !(st = stats_open(c.stats_path, &err))) die_free(err);
+    if (!c.force) refuse_tty(1, "qstream");
+    qs_reader *r = qs_reader_open_fd(0, "stdin", &err);
+    if (!r) die_free(err);
+
+    qs_header h;
+    build_header(&c, st, qs_reader_header(r), argc, argv, &h);
+    qs_writer *w = qs_writer_open_fd(1, &h, 0, &err);
+    if (!w) { exit_if_epipe(errno); die("stdout: %s", err); }
+    progress_start(json_array_size(h.manifest), 0);
+    const qs_tensor *t;
+    int rc;
+    uint64_t done = 0;
+    while ((rc = qs_reader_next(r, &t)) == 1) {
+        if (!(t->attrs && json_object_get(t->attrs, "quant")) && plan_tensor(&c, st, t->name, t->dtype, t->ndim, 0))
+            quantize_tensor(&c, st, r, w, t);
+        else
+            copy_tensor(r, w);
+        progress_update(++done, 0);
+    }
+    if (rc < 0) die("stdin: %s", qs_reader_error(r));
+    progress_end();
+    if (qs_writer_close(w, &err) < 0) { exit_if_epipe(errno); die("stdout: %s", err); }
+    qs_reader_close(r);
+    qs_header_clear(&h);
+    if (st) stats_close(st);
+    return EXIT_OK;
+}
