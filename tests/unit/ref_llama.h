@@ -169,7 +169,7 @@ static void ref_forward(const ref_model *m, const uint32_t *tok, int n, double *
 }
 
 /* Mean NLL of tokens 1..n-1 given the logits (n, vocab) of the same window. */
-static double ref_mean_nll(const double *logits, const uint32_t *tok, int n, int vocab)
+__attribute__((unused)) static double ref_mean_nll(const double *logits, const uint32_t *tok, int n, int vocab)
 {
     double tot = 0;
     for (int t = 0; t + 1 < n; t++) {
