@@ -242,6 +242,155 @@ static int int_column(void *ctx, int64_t r0, int64_t nrows, int64_t i, const flo
     return 0;
 }
 
+/*-*** GPTQ on GGUF block grids (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) ***/
+
+/* Per 32-column block and row, the parameters ggml's quantize_row_*_ref sets
+ * (ggml-org/ggml src/ggml-quants.c), computed from the current, error-updated
+ * weights of the block when the column loop reaches its first column:
+ *   q4_0/q5_0: d = max/-8 (-16), max = the value of largest |x| (first one);
+ *   q4_1/q5_1: d = (max-min)/15 (31), m = min;  q8_0: d = amax/127.
+ * Codes use id = 1/d (f32) exactly as ggml does, clamped to the code range
+ * (error updates can push a column past the block's range); values use the
+ * fp16-rounded d and m, as ggml's dequantize_row_* will. */
+typedef struct { float d, m, id, d16, m16; } gguf_bp;
+
+enum { GG_Q4_0, GG_Q4_1, GG_Q5_0, GG_Q5_1, GG_Q8_0 };
+
+static int gguf_kind(const char *type)
+{
+    static const char *const names[] = { "q4_0", "q4_1", "q5_0", "q5_1", "q8_0" };
+    for (int k = 0; k < 5; k++) if (!strcmp(type, names[k])) return k;
+    return -1;
+}
+
+static size_t gguf_block_bytes(int kind)
+{
+    static const size_t b[] = { 18, 20, 22, 24, 34 };
+    return b[kind];
+}
+
+static gguf_bp gguf_params(int kind, const float *x, int64_t stride)
+{
+    float amax = 0.0f, max = 0.0f, lo = INFINITY, hi = -INFINITY;
+    for (int j = 0; j < 32; j++) {
+        const float v = x[j * stride];
+        if (amax < fabsf(v)) { amax = fabsf(v); max = v; }
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+    }
+    gguf_bp p = { 0, 0, 0, 0, 0 };
+    switch (kind) {
+    case GG_Q4_0: p.d = max / -8.0f; break;
+    case GG_Q5_0: p.d = max / -16.0f; break;
+    case GG_Q4_1: p.d = (hi - lo) / 15.0f; p.m = lo; break;
+    case GG_Q5_1: p.d = (hi - lo) / 31.0f; p.m = lo; break;
+    default:      p.d = amax / 127.0f; break;
+    }
+    p.id = p.d != 0.0f ? 1.0f / p.d : 0.0f;
+    p.d16 = f16_to_f32(f32_to_f16(p.d));
+    p.m16 = f16_to_f32(f32_to_f16(p.m));
+    return p;
+}
+
+static int clampi(float v, int lo, int hi)
+{
+    if (!(v > (float)lo)) return lo;      // also NaN
+    if (v > (float)hi) return hi;
+    return (int)v;
+}
+
+/* Stored code (q8_0: the int8 value + 128). */
+static int gguf_code(int kind, float x, const gguf_bp *p)
+{
+    switch (kind) {
+    case GG_Q4_0: return clampi(truncf(x * p->id + 8.5f), 0, 15);
+    case GG_Q5_0: return clampi(truncf(x * p->id + 16.5f), 0, 31);
+    case GG_Q4_1: return clampi(truncf((x - p->m) * p->id + 0.5f), 0, 15);
+    case GG_Q5_1: return clampi(truncf((x - p->m) * p->id + 0.5f), 0, 31);
+    default:      return clampi(roundf(x * p->id), -128, 127) + 128;
+    }
+}
+
+static float gguf_value(int kind, int code, const gguf_bp *p)
+{
+    switch (kind) {
+    case GG_Q4_0: return (float)(code - 8) * p->d16;
+    case GG_Q5_0: return (float)(code - 16) * p->d16;
+    case GG_Q4_1: case GG_Q5_1: return (float)code * p->d16 + p->m16;
+    default:      return (float)(code - 128) * p->d16;
+    }
+}
+
+/* A code whose value is exactly 0, or the one 0 rounds to when there is none. */
+static int gguf_zero_code(int kind, const gguf_bp *p)
+{
+    const int maxcode = kind == GG_Q8_0 ? 255 : (kind == GG_Q5_0 || kind == GG_Q5_1) ? 31 : 15;
+    for (int c = 0; c <= maxcode; c++)
+        if (gguf_value(kind, c, p) == 0.0f) return c;
+    return gguf_code(kind, 0.0f, p);
+}
+
+static void put_f16(uint8_t *b, float v)
+{
+    uint16_t h = f32_to_f16(v);
+    b[0] = (uint8_t)(h & 0xff);
+    b[1] = (uint8_t)(h >> 8);
+}
+
+/* ggml block layout of 32 codes (block_q4_0 … block_q8_0, little-endian). */
+static void gguf_pack(int kind, const uint8_t *L, const gguf_bp *p, uint8_t *b)
+{
+    put_f16(b, p->d);
+    if (kind == GG_Q8_0) {
+        for (int j = 0; j < 32; j++) b[2 + j] = (uint8_t)(int8_t)(L[j] - 128);
+        return;
+    }
+    const int has_m = kind == GG_Q4_1 || kind == GG_Q5_1, five = kind == GG_Q5_0 || kind == GG_Q5_1;
+    uint8_t *q = b + 2;
+    if (has_m) { put_f16(q, p->m); q += 2; }
+    if (five) {
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            qh |= (uint32_t)((L[j] >> 4) & 1) << j;
+            qh |= (uint32_t)((L[j + 16] >> 4) & 1) << (j + 16);
+        }
+        for (int k = 0; k < 4; k++) q[k] = (uint8_t)(qh >> (8 * k));
+        q += 4;
+    }
+    for (int j = 0; j < 16; j++) q[j] = (uint8_t)((L[j] & 0x0f) | ((L[j + 16] & 0x0f) << 4));
+}
+
+typedef struct {
+    const gptq_opts *o;
+    const float *w;            /* original W [rows, cols] */
+    int64_t rows, cols;
+    int kind;
+    gguf_bp *bp;               /* [rows, cols/32] */
+    gptq_result *res;
+} gguf_job;
+
+static int gguf_column(void *ctx, int64_t r0, int64_t nrows, int64_t i, const float *w, int64_t ldw,
+                       const float *W, float *q)
+{
+    const gguf_job *j = ctx;
+    const int64_t n = j->cols, nb = n / 32, b = i / 32;
+    (void)W;
+    // block start: params from the current values of the block's 32 columns
+    // (inside W1, since the lazy block width is a multiple of 32)
+    if (i % 32 == 0)
+        for (int64_t r = 0; r < nrows; r++) j->bp[(r0 + r) * nb + b] = gguf_params(j->kind, w + r * ldw, 1);
+    for (int64_t r = 0; r < nrows; r++) {
+        const int64_t gr = r0 + r;
+        const gguf_bp *p = &j->bp[gr * nb + b];
+        int code = gguf_code(j->kind, w[r * ldw], p);
+        if (j->o->mask_zeros && j->w[gr * n + i] == 0.0f && gguf_value(j->kind, code, p) != 0.0f)
+            code = gguf_zero_code(j->kind, p);   // pruned stays 0 (q4_1/q5_1: nearest to 0)
+        j->res->codes[gr * n + i] = (uint8_t)code;
+        q[r] = gguf_value(j->kind, code, p);
+    }
+    return 0;
+}
+
 /* Upfront params: whole rows from the original W (step 1), or static groups
  * from W with dead columns zeroed, original column order (step 3). */
 static void int_upfront_params(const gptq_job *j)
@@ -267,24 +416,43 @@ static void int_upfront_params(const gptq_job *j)
     free(row);
 }
 
-/* One row block: permuted copy, column loop, un-permuted Q. */
-static int gptq_row_block(void *ctx, int64_t b)
+/* Runs the engine over fixed row blocks: permuted copy, column loop, un-permuted Q. */
+typedef struct {
+    const gptq_hinv *hv;
+    const float *w;            /* original W [rows, cols] */
+    int64_t rows, cols;
+    int block;
+    float *q;                  /* out [rows, cols] */
+    gptq_column_ops ops;
+} gptq_driver;
+
+static int driver_row_block(void *ctx, int64_t b)
 {
-    const gptq_job *j = ctx;
-    const int64_t n = j->cols, r0 = b * GPTQ_ROW_BLOCK;
-    const int64_t nrows = j->rows - r0 < GPTQ_ROW_BLOCK ? j->rows - r0 : GPTQ_ROW_BLOCK;
-    const int64_t *perm = j->hv->perm;
+    const gptq_driver *d = ctx;
+    const int64_t n = d->cols, r0 = b * GPTQ_ROW_BLOCK;
+    const int64_t nrows = d->rows - r0 < GPTQ_ROW_BLOCK ? d->rows - r0 : GPTQ_ROW_BLOCK;
+    const int64_t *perm = d->hv->perm;
     float *W = malloc((size_t)nrows * (size_t)n * sizeof *W);
     if (!W) return -1;
     for (int64_t r = 0; r < nrows; r++)
         for (int64_t i = 0; i < n; i++)
-            W[r * n + i] = j->hv->dead[perm[i]] ? 0.0f : j->w[(r0 + r) * n + perm[i]];
-    gptq_column_ops ops = { (void *)j, NULL, int_column };
-    int rc = gptq_update_rows(j->hv, j->o->block, W, r0, nrows, &ops);
+            W[r * n + i] = d->hv->dead[perm[i]] ? 0.0f : d->w[(r0 + r) * n + perm[i]];
+    int rc = gptq_update_rows(d->hv, d->block, W, r0, nrows, &d->ops);
     for (int64_t r = 0; rc == 0 && r < nrows; r++)
-        for (int64_t i = 0; i < n; i++) j->res->q[(r0 + r) * n + perm[i]] = W[r * n + i];
+        for (int64_t i = 0; i < n; i++) d->q[(r0 + r) * n + perm[i]] = W[r * n + i];
     free(W);
     return rc;
+}
+
+static int driver_run(gptq_driver *d, int threads, char **errp)
+{
+    int64_t failed;
+    openblas_set_num_threads(1);   // we parallelise over row blocks ourselves
+    if (quant_parallel_for((d->rows + GPTQ_ROW_BLOCK - 1) / GPTQ_ROW_BLOCK, threads,
+                           driver_row_block, d, &failed) == 0)
+        return 0;
+    set_err(errp, gptq_errf("gptq: row block %lld failed (out of memory)", (long long)failed));
+    return -1;
 }
 
 static int result_alloc(gptq_result *res, const gptq_opts *o, int64_t rows, int64_t cols)
@@ -304,36 +472,67 @@ static int result_alloc(gptq_result *res, const gptq_opts *o, int64_t rows, int6
            && (res->g_idx || !(o->grid.act_order && !o->grid.static_groups && o->grid.group > 0)) ? 0 : -1;
 }
 
+static int gguf_quantize(const float *w, int64_t rows, int64_t cols, const gptq_hinv *hv,
+                         const gptq_opts *o, gptq_result *res, char **errp)
+{
+    const int kind = gguf_kind(o->grid.gguf_type);
+    gguf_job j = { o, w, rows, cols, kind, NULL, res };
+    res->rows = rows;
+    res->cols = cols;
+    res->row_bytes = (size_t)(cols / 32) * gguf_block_bytes(kind);
+    res->codes = malloc((size_t)(rows * cols));
+    res->q = malloc((size_t)(rows * cols) * sizeof *res->q);
+    res->blocks = malloc((size_t)rows * res->row_bytes);
+    j.bp = calloc((size_t)(rows * (cols / 32)), sizeof *j.bp);
+    if (!res->codes || !res->q || !res->blocks || !j.bp) {
+        free(j.bp);
+        set_err(errp, gptq_errf("out of memory for a %lld x %lld result", (long long)rows, (long long)cols));
+        return -1;
+    }
+    gptq_driver d = { hv, w, rows, cols, o->block, res->q, { &j, NULL, gguf_column } };
+    int rc = driver_run(&d, o->threads, errp);
+    for (int64_t r = 0; rc == 0 && r < rows; r++)
+        for (int64_t b = 0; b < cols / 32; b++)
+            gguf_pack(kind, res->codes + r * cols + b * 32, &j.bp[r * (cols / 32) + b],
+                      res->blocks + (size_t)r * res->row_bytes + (size_t)b * gguf_block_bytes(kind));
+    free(j.bp);
+    return rc;
+}
+
 int gptq_quantize(const float *w, int64_t rows, int64_t cols, const float *h,
                   const gptq_opts *o, gptq_result *res, char **errp)
 {
     memset(res, 0, sizeof *res);
     if (quant_grid_check(&o->grid, cols, errp)) return -1;
-    if (o->grid.scheme != QUANT_INT) {
-        set_err(errp, gptq_errf("gptq supports the int grid only"));
+    const int gguf = o->grid.scheme == QUANT_GGUF;
+    if (o->grid.scheme != QUANT_INT && !gguf) {
+        set_err(errp, gptq_errf("gptq supports int and gguf (q4_0 ... q8_0) grids only"));
         return -1;
     }
-    if (o->block < 1 || !(o->damp >= 0)) {
-        set_err(errp, gptq_errf("gptq: block must be >= 1 and damp >= 0"));
+    if (o->block < 1 || !(o->damp >= 0) || (gguf && o->block % 32 != 0)) {
+        set_err(errp, gptq_errf("gptq: block must be >= 1 (a multiple of 32 for gguf grids) and damp >= 0"));
+        return -1;
+    }
+    if (gguf && o->grid.act_order) {
+        set_err(errp, gptq_errf("gptq: gguf grids have no g_idx, so no act_order"));
         return -1;
     }
     gptq_hinv hv;
     if (gptq_hinv_prepare(h, cols, o->damp, o->grid.act_order, &hv, errp)) return -1;
-    if (result_alloc(res, o, rows, cols)) {
-        gptq_hinv_free(&hv);
-        gptq_result_free(res);
+    int rc;
+    if (gguf) {
+        rc = gguf_quantize(w, rows, cols, &hv, o, res, errp);
+    } else if (result_alloc(res, o, rows, cols)) {
         set_err(errp, gptq_errf("out of memory for a %lld x %lld result", (long long)rows, (long long)cols));
-        return -1;
+        rc = -1;
+    } else {
+        gptq_job job = { o, &hv, w, rows, cols, res->ngroups, res };
+        int_upfront_params(&job);
+        gptq_driver d = { &hv, w, rows, cols, o->block, res->q, { &job, NULL, int_column } };
+        rc = driver_run(&d, o->threads, errp);
+        if (res->g_idx)
+            for (int64_t i = 0; i < cols; i++) res->g_idx[hv.perm[i]] = (int32_t)(i / o->grid.group);
     }
-    openblas_set_num_threads(1);   // we parallelise over row blocks ourselves
-    gptq_job job = { o, &hv, w, rows, cols, res->ngroups, res };
-    int_upfront_params(&job);
-    int64_t failed;
-    int rc = quant_parallel_for((rows + GPTQ_ROW_BLOCK - 1) / GPTQ_ROW_BLOCK, o->threads,
-                                gptq_row_block, &job, &failed);
-    if (rc) set_err(errp, gptq_errf("gptq: row block %lld failed (out of memory)", (long long)failed));
-    if (res->g_idx)
-        for (int64_t i = 0; i < cols; i++) res->g_idx[hv.perm[i]] = (int32_t)(i / o->grid.group);
     gptq_hinv_free(&hv);
     if (rc) gptq_result_free(res);
     return rc;

@@ -11,6 +11,7 @@
  */
 #include "cli.h"
 #include "dtype.h"
+#include "ggml_quants.h"
 #include "gptq.h"
 #include "qstream.h"
 #include "quant.h"
@@ -32,10 +33,11 @@ static const char usage[] =
     "  --static-groups     with --act-order: group params from the original columns\n"
     "  --damp F            dampening, fraction of the mean Hessian diagonal (default 0.01)\n"
     "  --block N           lazy-update block width (default 128)\n"
-    "  --grid NAME         int (default), nf4, fp8_e4m3, fp8_e5m2 (nf4/fp8 need --rtn)\n"
+    "  --grid NAME         int (default), nf4, fp8_e4m3, fp8_e5m2 (nf4/fp8 need --rtn), or the\n"
+    "                      llama.cpp blocks q4_0, q4_1, q5_0, q5_1, q8_0 (exact ggml bytes)\n"
     "  --rtn               round to nearest instead of GPTQ (no stats needed)\n"
     "  --mse               search clipped ranges for the lowest |w-q|^2.4 (quant.py mse)\n"
-    "  --weighted          with --rtn: weight that error by the stats' x2_mean (imatrix-like)\n"
+    "  --weighted          with --rtn: weight errors by the stats' x2_mean (as llama.cpp's imatrix)\n"
     "  --stats FILE        calibration statistics from qcal (Hessians)\n"
     "  --skip-missing      leave weights without stats unquantized instead of failing\n"
     "  --include GLOBS     quantize these tensors instead of the default linears\n"
@@ -101,8 +103,10 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
     // grid-specific defaults and checks
     if (grid_spec && g->scheme == QUANT_FP8 && !group_spec) g->group = -1;
     if (grid_spec && g->scheme != QUANT_INT && bits_spec) usage_error("--bits: only for --grid int");
-    if (g->scheme == QUANT_GGUF) usage_error("--grid %s: GGUF grids are not implemented yet", g->gguf_type);
-    if (g->scheme != QUANT_INT && !c->rtn) usage_error("--grid %s: needs --rtn (GPTQ is implemented for int grids)",
+    if (g->scheme == QUANT_GGUF && group_spec) usage_error("--group: GGUF grids have blocks of 32");
+    if (g->scheme == QUANT_GGUF && g->act_order) usage_error("--act-order: GGUF grids have no g_idx");
+    if (g->scheme == QUANT_GGUF && c->gptq.block % 32) usage_error("--block: must be a multiple of 32 for GGUF grids");
+    if ((g->scheme == QUANT_NF4 || g->scheme == QUANT_FP8) && !c->rtn) usage_error("--grid %s: needs --rtn (GPTQ is implemented for int grids)",
                                                        g->scheme == QUANT_NF4 ? "nf4" : "fp8");
     if (g->static_groups && !g->act_order) usage_error("--static-groups: goes with --act-order");
     if (c->rtn && g->act_order) usage_error("--act-order: means nothing with --rtn");
@@ -147,6 +151,13 @@ static void quantized_header(const struct cmdline *c, const char *name, const js
     const int64_t shape[2] = { rows, cols }, ng = quant_ngroups(g, cols);
     if (qs_tensor_init(q, name, DT_F32, 2, shape)) die("'%s': bad shape", name);
     q->nparts = 0;
+    q->attrs = attrs ? json_deep_copy(attrs) : json_object();
+    json_object_set_new(q->attrs, "quant", quant_grid_to_json(g));
+    if (g->scheme == QUANT_GGUF) {
+        const int64_t bshape[2] = { rows, (int64_t)ggml_row_size(ggml_qtype_from_name(g->gguf_type), cols) };
+        qs_tensor_add_part(q, "blocks", DT_U8, 2, bshape);
+        return;
+    }
     const int64_t cshape[2] = { rows, cols }, sshape[2] = { rows, ng }, fp8row[2] = { rows, 1 }, one[1] = { 1 };
     qs_tensor_add_part(q, "codes", DT_U8, 2, cshape);
     if (g->scheme == QUANT_FP8)
@@ -156,8 +167,6 @@ static void quantized_header(const struct cmdline *c, const char *name, const js
     if (g->scheme == QUANT_INT) qs_tensor_add_part(q, "zeros", DT_F32, 2, sshape);
     if (g->scheme == QUANT_INT && g->act_order && !g->static_groups && g->group > 0)
         qs_tensor_add_part(q, "g_idx", DT_I32, 1, &cols);
-    q->attrs = attrs ? json_deep_copy(attrs) : json_object();
-    json_object_set_new(q->attrs, "quant", quant_grid_to_json(g));
 }
 
 /* Provenance without --threads: it cannot change a byte of the output. */
@@ -225,6 +234,37 @@ static float *read_weight_f32(qs_reader *r, const qs_tensor *t, int64_t numel)
     return w;
 }
 
+/* Round to nearest: quant.c grids, or llama-quantize's own quantizer for GGUF
+ * blocks (x2_mean as its imatrix with --weighted). Fills res like GPTQ does. */
+static void rtn_tensor(const struct cmdline *c, const stats *st, const char *name, const float *wf,
+                       int64_t rows, int64_t cols, gptq_result *res)
+{
+    const quant_grid *g = &c->gptq.grid;
+    quant_scale_opts so = c->gptq.scale;
+    size_t n = 0;
+    char *err = NULL;
+    so.importance = c->weighted ? stats_get(st, name, "x2_mean", &n) : NULL;
+    if (c->weighted && n != (size_t)cols)
+        die("'%s': x2_mean has %zu values, expected %lld", name, n, (long long)cols);
+    memset(res, 0, sizeof *res);
+    if (g->scheme == QUANT_GGUF) {
+        const int type = ggml_qtype_from_name(g->gguf_type);
+        res->row_bytes = ggml_row_size(type, cols);
+        res->blocks = malloc(res->row_bytes * (size_t)rows);
+        if (!res->blocks || ggml_quantize_rows(type, wf, res->blocks, rows, cols, so.importance) == 0)
+            die("'%s': cannot quantize to %s", name, g->gguf_type);
+        return;
+    }
+    res->ngroups = quant_ngroups(g, cols);
+    res->codes = malloc((size_t)(rows * cols));
+    res->scales = malloc((size_t)(rows * res->ngroups) * sizeof(float));
+    res->zeros = malloc((size_t)(rows * res->ngroups) * sizeof(float));
+    if (!res->codes || !res->scales || !res->zeros) die("'%s': out of memory", name);
+    if (quant_rtn(g, &so, wf, rows, cols, res->codes, res->scales, g->scheme == QUANT_INT ? res->zeros : NULL,
+                  NULL, c->gptq.threads, &err))
+        die("'%s': %s", name, err);
+}
+
 static void quantize_tensor(const struct cmdline *c, const stats *st, qs_reader *r, qs_writer *w,
                             const qs_tensor *t)
 {
@@ -237,19 +277,8 @@ static void quantize_tensor(const struct cmdline *c, const stats *st, qs_reader 
     float *wf = read_weight_f32(r, t, rows * cols);
     gptq_result res;
     memset(&res, 0, sizeof res);
-    if (c->rtn) {
-        size_t n = 0;
-        o.scale.importance = c->weighted ? stats_get(st, t->name, "x2_mean", &n) : NULL;
-        if (c->weighted && n != (size_t)cols)
-            die("'%s': x2_mean has %zu values, expected %lld", t->name, n, (long long)cols);
-        res.ngroups = quant_ngroups(&o.grid, cols);
-        res.codes = malloc((size_t)(rows * cols));
-        res.scales = malloc((size_t)(rows * res.ngroups) * sizeof(float));
-        res.zeros = malloc((size_t)(rows * res.ngroups) * sizeof(float));
-        if (quant_rtn(&o.grid, &o.scale, wf, rows, cols, res.codes, res.scales,
-                      o.grid.scheme == QUANT_INT ? res.zeros : NULL, NULL, o.threads, &err))
-            die("'%s': %s", t->name, err);
-    } else {
+    if (c->rtn) rtn_tensor(c, st, t->name, wf, rows, cols, &res);
+    else {
         size_t n = 0;
         const float *h = stats_get(st, t->name, "hessian", &n);
         if (n != (size_t)(cols * cols))
@@ -260,6 +289,7 @@ static void quantize_tensor(const struct cmdline *c, const stats *st, qs_reader 
     quantized_header(c, t->name, t->attrs, rows, cols, &q);
     if (qs_writer_begin(w, &q) < 0) writer_die(w);
     const void *parts[4] = { res.codes, res.scales, res.zeros, res.g_idx };
+    if (res.blocks) parts[0] = res.blocks;
     for (int i = 0; i < q.nparts; i++)
         if (qs_writer_write(w, parts[i], q.parts[i].nbytes) < 0) writer_die(w);
     if (qs_writer_end(w) < 0) writer_die(w);

@@ -198,3 +198,22 @@ EOF
     $QGPTQ --rtn --grid fp8_e4m3 < "$TMP/model.qs" | bin/qpack --dtype f32 -o "$TMP/fp8.safetensors"
     [ -s "$TMP/nf4.safetensors" ] && [ -s "$TMP/fp8.safetensors" ]
 }
+
+@test "qgptq --grid q4_0 writes llama.cpp blocks with a lower loss than llama-quantize's rounding" {
+    set -o pipefail
+    $QGPTQ --grid q4_0 --include '*.down_proj.weight' --stats "$TMP/stats.safetensors" \
+        < "$TMP/model.qs" | bin/qpack --dtype f32 -o "$TMP/gq4.safetensors"
+    $QGPTQ --rtn --grid q4_0 --include '*.down_proj.weight' \
+        < "$TMP/model.qs" | bin/qpack --dtype f32 -o "$TMP/rq4.safetensors"
+    g=$(proxy_loss "$TMP/gq4.safetensors")
+    r=$(proxy_loss "$TMP/rq4.safetensors")
+    echo "q4_0 gptq $g rtn $r" >&3
+    python3 -c "import sys; g, r = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if 0 < g < 0.8 * r else 1)" "$g" "$r"
+}
+
+@test "qgptq refuses act order and groups on GGUF grids" {
+    run sh -c "$QGPTQ --grid q4_0 --act-order --stats '$TMP/stats.safetensors' < '$TMP/model.qs' > '$TMP/out' 2> '$TMP/err'"
+    assert_refused
+    run sh -c "$QGPTQ --grid q4_0 --group 64 --rtn < '$TMP/model.qs' > '$TMP/out' 2> '$TMP/err'"
+    assert_refused
+}

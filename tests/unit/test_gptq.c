@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "ggml_quants.h"
 #include "gptq.h"
 #include "quant.h"
 #include "source.h"
@@ -352,6 +353,46 @@ TEST(bad_options_are_refused)
     free(err);
 }
 
+
+/* GGUF block grids: with H = I nothing propagates, so GPTQ must write exactly
+ * the bytes of ggml's reference quantizer; with the real H its blocks decode
+ * (ggml_dequantize_row) to exactly its Q, and the loss beats ggml's RTN. */
+TEST(gguf_grids_match_ggml_blocks_and_beat_rtn)
+{
+    static const char *const types[] = { "q4_0", "q4_1", "q5_0", "q5_1", "q8_0" };
+    float *eye = calloc((size_t)(COLS * COLS), sizeof *eye);
+    for (int64_t i = 0; i < COLS; i++) eye[i * COLS + i] = 1.0f;
+    for (int k = 0; k < 5; k++) {
+        const int type = ggml_qtype_from_name(types[k]);
+        const size_t rb = ggml_row_size(type, COLS);
+        uint8_t *ref = malloc(rb * (size_t)ROWS);
+        float *deq = malloc((size_t)(ROWS * COLS) * sizeof *deq);
+        CHECK(ggml_quantize_rows(type, W, ref, ROWS, COLS, NULL) == rb * (size_t)ROWS);
+        for (int64_t r = 0; r < ROWS; r++) ggml_dequantize_row(type, ref + r * rb, deq + r * COLS, COLS);
+        double rtn = gptq_proxy_loss(W, deq, H, ROWS, COLS);
+
+        gptq_opts o;
+        gptq_opts_default(&o);
+        CHECK(quant_grid_set_scheme(&o.grid, types[k]) == 0);
+        o.threads = 2;
+        gptq_result res;
+        CHECK(gptq_quantize(W, ROWS, COLS, eye, &o, &res, NULL) == 0);
+        CHECK_MSG(res.row_bytes == rb && memcmp(res.blocks, ref, rb * (size_t)ROWS) == 0, "%s: H = I", types[k]);
+        gptq_result_free(&res);
+
+        CHECK(gptq_quantize(W, ROWS, COLS, H, &o, &res, NULL) == 0);
+        for (int64_t r = 0; r < ROWS; r++) ggml_dequantize_row(type, res.blocks + r * rb, deq + r * COLS, COLS);
+        CHECK_MSG(memcmp(deq, res.q, (size_t)(ROWS * COLS) * sizeof *deq) == 0, "%s: blocks decode to Q", types[k]);
+        double loss = gptq_proxy_loss(W, res.q, H, ROWS, COLS);
+        fprintf(stderr, "  # %s: gptq %.4f  ggml rtn %.4f  ratio %.4f\n", types[k], loss, rtn, loss / rtn);
+        CHECK(loss < 0.5 * rtn);
+        gptq_result_free(&res);
+        free(ref);
+        free(deq);
+    }
+    free(eye);
+}
+
 int main(void)
 {
     if (fixture_open()) {
@@ -366,6 +407,7 @@ int main(void)
     RUN(act_order_visits_columns_by_descending_hessian_diagonal);
     RUN(dead_columns_are_zeroed_and_singular_hessian_refused);
     RUN(bad_options_are_refused);
+    RUN(gguf_grids_match_ggml_blocks_and_beat_rtn);
     free(W);
     free(H);
     json_decref(fx_json);
