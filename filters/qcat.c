@@ -171,6 +171,11 @@ int main(int argc, char **argv)
         for (int t = 0; t < srcs[i]->ntensors; t++)
             picks[npicks++] = (pick){ srcs[i], t, want(&c, srcs[i]->tensors[t].name) };
     }
+    for (int i = 0; i < npicks; i++)          /* one name, one tensor: refuse clashing sources */
+        for (int j = 0; j < i && picks[i].selected; j++)
+            if (picks[j].selected && !strcmp(picks[i].src->tensors[picks[i].idx].name, picks[j].src->tensors[picks[j].idx].name))
+                die("%s: tensor '%s' is also in %s", picks[i].src->path, picks[i].src->tensors[picks[i].idx].name,
+                    picks[j].src->path);
     if (c.shard_n) select_shard(picks, npicks, c.shard_k, c.shard_n);
     json_object_set_new(h.meta, "kind", json_string("model"));
     qs_header_add_provenance(&h, "qcat", QPIPE_VERSION, argc - 1, argv + 1);

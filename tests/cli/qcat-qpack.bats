@@ -140,3 +140,32 @@ PY
         run $t --version; [ "$status" -eq 0 ]; [[ "$output" == "$t (qpipe) "* ]]
     done
 }
+
+@test "qcat refuses to write a binary stream to a terminal" {
+    run script -qec "qcat '$DATA/stories260k/model.safetensors'" /dev/null
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"refusing to write a binary qstream to a terminal"* ]]
+}
+
+@test "qcat refuses two sources holding the same tensor" {
+    fails_cleanly "qcat '$DATA/stories260k/model.safetensors' '$DATA/stories260k/model-bf16.safetensors'"
+    [[ "$ERR" == *"is also in"* ]]
+}
+
+@test "progress lines are labelled with the tool's name" {
+    qcat --progress "$DATA/ts3m-bf16" 2> err | qpack --progress -o out.safetensors 2> err2
+    grep -q 'qcat: 39/39 tensors' err
+    grep -q 'qpack: 39/39 tensors' err2
+}
+
+@test "qcat --shard K/N splits tensors into balanced disjoint sets that cover the model" {
+    for k in 1 2 3; do qcat "$DATA/ts3m-bf16" --shard $k/3 --list --json > s$k.json; done
+    python3 - <<'PY'
+import json
+sets = [json.load(open(f"s{k}.json")) for k in (1, 2, 3)]
+names = [e["name"] for s in sets for e in s]
+assert len(names) == len(set(names)) == 39, len(names)
+loads = [sum(e["nbytes"] for e in s) for s in sets]
+assert max(loads) - min(loads) <= 524288, loads
+PY
+}
