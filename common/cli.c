@@ -21,6 +21,7 @@ int progress_forced;
 
 /*-*** Diagnostics ***/
 
+__attribute__((format(printf, 2, 0)))
 static void vreport(const char *prefix, const char *fmt, va_list ap, int with_errno, int e)
 {
     char line[1024];
