@@ -78,7 +78,9 @@ int  gptq_update_rows(const gptq_hinv *hv, int block, float *W, int64_t r0, int6
 /*-*** GPTQ quantization ***/
 
 typedef struct {
-    quant_grid       grid;       /* scheme int (or gguf q4_0...); bits, group, sym, act_order, static_groups */
+    quant_grid       grid;       /* scheme int: bits, group, sym, act_order, static_groups; or gguf
+                                  * q4_0/q4_1/q5_0/q5_1/q8_0 (no act_order; block % 32 == 0): block
+                                  * params from the current, error-updated weights of each 32 columns */
     quant_scale_opts scale;      /* min/max (default) or MSE search; importance ignored */
     int              block;      /* lazy block size, 128 */
     double           damp;       /* 0.01 */
@@ -90,9 +92,9 @@ void gptq_opts_default(gptq_opts *o);    /* int 4-bit g128 asym, block 128, damp
 
 typedef struct {
     int64_t  rows, cols, ngroups;
-    uint8_t *codes;    /* [rows, cols] original column order */
-    float   *scales;   /* [rows, ngroups] */
-    float   *zeros;    /* [rows, ngroups] */
+    uint8_t *codes;    /* [rows, cols] original column order (gguf: block codes, q8_0 offset by 128) */
+    float   *scales;   /* [rows, ngroups] (gguf: NULL, the scales live in blocks) */
+    float   *zeros;    /* [rows, ngroups] (gguf: NULL) */
     int32_t *g_idx;    /* [cols] only with act_order and dynamic groups (group > 0), else NULL */
     float   *q;        /* [rows, cols] dequantized result */
     uint8_t *blocks;   /* gguf grids: [rows, row_bytes] exact ggml blocks, else NULL */
