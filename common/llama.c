@@ -8,6 +8,7 @@
 #include "llama.h"
 
 #include <errno.h>
+#include <libgen.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -984,5 +985,82 @@ llama_model *llama_load_stream(qs_reader *r, char **errp)
     m = llama_load(cfg, len, table_get, &tt, errp);
 out:
     table_free(&tt);
+    return m;
+}
+
+/* Carry the metadata files that sit beside a single checkpoint file. */
+static int carry_beside(qsrc *s, const char *path, char **errp)
+{
+    static const char *const names[] = { "config.json", "tokenizer.json", "tokenizer_config.json" };
+    if (qs_header_file(&s->header, "config.json"))
+        return 0;
+    char *copy = strdup(path);
+    if (!copy)
+        return fail(errp, "out of memory");
+    const char *dir = dirname(copy);
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+        FILE *f = fopen(p, "rb");
+        if (!f)
+            continue;
+        char *buf = NULL;
+        size_t len = 0, cap = 0, k;
+        char tmp[65536];
+        while ((k = fread(tmp, 1, sizeof tmp, f)) > 0) {
+            if (len + k > cap) {
+                cap = (len + k) * 2;
+                char *nb = realloc(buf, cap);
+                if (!nb)
+                    break;
+                buf = nb;
+            }
+            memcpy(buf + len, tmp, k);
+            len += k;
+        }
+        int bad = ferror(f) || (len && !buf);
+        fclose(f);
+        if (bad || qs_header_add_file(&s->header, names[i], buf ? buf : "", len) < 0) {
+            free(buf);
+            free(copy);
+            return fail(errp, "%s: cannot read", p);
+        }
+        free(buf);
+    }
+    free(copy);
+    return 0;
+}
+
+llama_model *llama_open(const char *path, qs_header *hdr, char **errp)
+{
+    int is = strcmp(path, "-") ? qs_path_is_stream(path) : 1;
+    char *e = NULL;
+    llama_model *m = NULL;
+    if (is == 1) {
+        qs_reader *r = qs_reader_open_path(path, &e);
+        if (r) {
+            if (hdr)
+                qs_header_copy(hdr, qs_reader_header(r));
+            m = llama_load_stream(r, &e);
+            qs_reader_close(r);
+        }
+    } else {
+        qsrc *s = qsrc_open(path, &e);
+        if (s && carry_beside(s, path, &e) == 0) {
+            if (hdr)
+                qs_header_copy(hdr, &s->header);
+            m = llama_load_source(s, &e);
+        }
+        qsrc_close(s);
+    }
+    if (!m) {
+        /* readers usually name the file already */
+        if (e && !strncmp(e, path, strlen(path)))
+            *errp = e;
+        else {
+            fail(errp, "%s: %s", path, e ? e : "cannot load the model");
+            free(e);
+        }
+    }
     return m;
 }

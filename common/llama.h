@@ -76,6 +76,15 @@ llama_model *llama_load_source(qsrc *s, char **errp);
 /* From a qstream: reads every remaining tensor (dequantizing with
  * tensor_to_f32); config.json from the header's carried files. */
 llama_model *llama_load_stream(qs_reader *r, char **errp);
+/* Open `path` whatever it is: "-" or a file starting with the qstream magic
+ * is read as a stream (llama_load_stream), anything else with qsrc_open
+ * (llama_load_source). When a single checkpoint file carries no config.json,
+ * config.json, tokenizer.json and tokenizer_config.json beside it are
+ * carried. hdr (may be NULL) receives a copy of the
+ * stream or source header (overwritten, not freed first: qs_header_clear it
+ * after use), for the tokenizer files. NULL + *errp on error;
+ * the message starts with path. */
+llama_model *llama_open(const char *path, qs_header *hdr, char **errp);
 void llama_free(llama_model *m);
 
 const llama_config *llama_model_config(const llama_model *m);
