@@ -13,6 +13,7 @@
 #include "safetensors.h"
 #include "source.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,13 +30,17 @@ static const char usage[] =
     "                           tensors are dequantized to this dtype\n"
     "  --max-shard-size SIZE    shard the weights (e.g. 5GB, 500MB) with model.safetensors.index.json\n"
     "  -i, --input FILE         read the stream from FILE instead of stdin\n"
+    "  --merge FILE...          read several streams (e.g. the parts of `qcat --shard K/N` runs)\n"
+    "                           and write them as one checkpoint; must be the last option\n"
     "  -q, -v, --progress, --help, --version\n"
     "examples:\n"
     "  qcat model/ | qpack -o copy/\n"
     "  qcat model/ | qpack --dtype bf16 --max-shard-size 2GB -o model-bf16/\n";
 
 struct cmdline {
-    const char *out, *in;
+    const char *out;
+    const char **ins;       /* input streams ("-" = stdin) */
+    int nins;
     qdtype dtype;           /* DT_INVALID = keep */
     uint64_t max_shard;     /* 0 = no sharding */
 };
@@ -43,11 +48,19 @@ struct cmdline {
 static void parse_cmdline(int argc, char **argv, struct cmdline *c)
 {
     memset(c, 0, sizeof *c);
-    c->in = "-";
+    static const char *std_in[] = { "-" };
+    c->ins = std_in;
+    c->nins = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && v) { c->out = v; i++; }
-        else if ((!strcmp(a, "-i") || !strcmp(a, "--input")) && v) { c->in = v; i++; }
+        else if ((!strcmp(a, "-i") || !strcmp(a, "--input")) && v) { c->ins = (const char **)&argv[i + 1]; i++; }
+        else if (!strcmp(a, "--merge")) {
+            c->ins = (const char **)&argv[i + 1];
+            c->nins = argc - i - 1;
+            if (!c->nins) usage_error("--merge needs at least one stream file");
+            break;
+        }
         else if (!strcmp(a, "--dtype") && v) {
             c->dtype = dtype_from_name(v);
             if (c->dtype != DT_F32 && c->dtype != DT_F16 && c->dtype != DT_BF16)
@@ -92,20 +105,54 @@ typedef struct {
     char    **names;        /* per shard file name */
 } layout;
 
-/* HF split (huggingface_hub split_state_dict_into_shards_factory): in manifest
- * order, start a new shard when the current one would pass max. */
+/* Natural order: digit runs compare as numbers ("layers.2" < "layers.10"). */
+static int natural_cmp(const char *a, const char *b)
+{
+    while (*a && *b) {
+        if (isdigit((unsigned char)*a) && isdigit((unsigned char)*b)) {
+            while (*a == '0') a++;
+            while (*b == '0') b++;
+            size_t la = strspn(a, "0123456789"), lb = strspn(b, "0123456789");
+            if (la != lb) return la < lb ? -1 : 1;
+            int c = strncmp(a, b, la);
+            if (c) return c;
+            a += la; b += lb;
+        } else {
+            if (*a != *b) return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+            a++; b++;
+        }
+    }
+    return *a ? 1 : *b ? -1 : 0;
+}
+
+static const qs_tensor *sort_base;
+static int by_natural_name(const void *x, const void *y)
+{
+    return natural_cmp(sort_base[*(const int *)x].name, sort_base[*(const int *)y].name);
+}
+
+/* HF split (huggingface_hub split_state_dict_into_shards_factory): start a new
+ * shard when the current one would pass max. Tensors are taken in natural
+ * name order, not stream order, so the parts of a `qcat --shard` run merged
+ * by `qpack --merge` shard exactly like a single run. */
 static void plan_shards(const qs_tensor *ts, int n, uint64_t max, layout *L)
 {
     L->shard_of = calloc((size_t)n + 1, sizeof *L->shard_of);
     L->offset = calloc((size_t)n + 1, sizeof *L->offset);
+    int *order = malloc(((size_t)n + 1) * sizeof *order);
+    for (int i = 0; i < n; i++) order[i] = i;
+    sort_base = ts;
+    qsort(order, (size_t)n, sizeof *order, by_natural_name);
     uint64_t cur = 0;
     int shard = 0;
-    for (int i = 0; i < n; i++) {
+    for (int k = 0; k < n; k++) {
+        int i = order[k];
         uint64_t sz = qs_tensor_nbytes(&ts[i]);
         if (max && cur > 0 && cur + sz > max) { shard++; cur = 0; }
         L->shard_of[i] = shard;
         cur += sz;
     }
+    free(order);
     L->nshards = n ? shard + 1 : 1;
 }
 
@@ -233,22 +280,53 @@ static int ends_with(const char *s, const char *suffix)
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
+/* Open every input and build one header: the first input's, with the other
+ * inputs' manifests appended and their carried files added. */
+static qs_reader **open_inputs(const struct cmdline *c, qs_header *h, int argc, char **argv)
+{
+    qs_reader **rs = calloc((size_t)c->nins, sizeof *rs);
+    for (int k = 0; k < c->nins; k++) {
+        char *err = NULL;
+        if (!(rs[k] = qs_reader_open_path(c->ins[k], &err))) die_free(err);
+        const qs_header *hk = qs_reader_header(rs[k]);
+        if (k == 0) {
+            if (qs_header_copy(h, hk) < 0) die("out of memory");
+            continue;
+        }
+        json_array_extend(h->manifest, hk->manifest);
+        for (int f = 0; f < hk->nfiles; f++)
+            if (!qs_header_file(h, hk->files[f].name))
+                qs_header_add_file(h, hk->files[f].name, hk->files[f].data, hk->files[f].len);
+    }
+    qs_header_add_provenance(h, "qpack", QPIPE_VERSION, argc - 1, argv + 1);
+    return rs;
+}
+
+static void write_carried_files(out_file *dir, const qs_header *h)
+{
+    for (int f = 0; f < h->nfiles; f++) {
+        const char *fn = h->files[f].name;
+        if (!*fn || fn[0] == '/' || strstr(fn, "..") || ends_with(fn, ".safetensors") ||
+            !strcmp(fn, "model.safetensors.index.json"))
+            die("refusing to write carried file '%s' (unsafe or clashing name)", fn);
+        out_dir_write_file(dir, fn, h->files[f].data, h->files[f].len);
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct cmdline c;
     proginit(&argc, argv, "qpack", usage);
     parse_cmdline(argc, argv, &c);
 
-    char *err = NULL;
-    qs_reader *r = qs_reader_open_path(c.in, &err);
-    if (!r) die_free(err);
-    qs_header hcopy;
-    if (qs_header_copy(&hcopy, qs_reader_header(r)) < 0) die("out of memory");
-    qs_header_add_provenance(&hcopy, "qpack", QPIPE_VERSION, argc - 1, argv + 1);
-    const qs_header *h = &hcopy;
-    int n = (int)json_array_size(h->manifest);
+    qs_header h;
+    qs_reader **rs = open_inputs(&c, &h, argc, argv);
+    int n = (int)json_array_size(h.manifest);
     qs_tensor *ts = calloc((size_t)n + 1, sizeof *ts);
-    for (int i = 0; i < n; i++) stored_form(&c, json_array_get(h->manifest, i), &ts[i]);
+    for (int i = 0; i < n; i++) stored_form(&c, json_array_get(h.manifest, i), &ts[i]);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (!strcmp(ts[i].name, ts[j].name)) die("tensor '%s' appears twice in the input", ts[i].name);
 
     /* lay out the output, then fill it as tensors stream by */
     int single = ends_with(c.out, ".safetensors");
@@ -257,36 +335,34 @@ int main(int argc, char **argv)
     out_file dir = { 0 };
     plan_shards(ts, n, c.max_shard, &L);
     if (!single) out_dir_create(&dir, c.out);
-    write_headers(ts, n, h, &L, &dir, single ? c.out : NULL);
+    write_headers(ts, n, &h, &L, &dir, single ? c.out : NULL);
     progress_start((uint64_t)n, 0);
-    const qs_tensor *t;
-    int i = 0, rc;
-    while ((rc = qs_reader_next(r, &t)) == 1) {
-        if (i >= n || strcmp(t->name, ts[i].name) != 0)
-            die("%s: tensor '%s' is not the one the manifest announced next ('%s')", c.in, t->name,
-                i < n ? ts[i].name : "none");
-        pack_tensor(r, t, &ts[i], L.files[L.shard_of[i]].fd, L.offset[i], L.names[L.shard_of[i]]);
-        progress_update((uint64_t)++i, qs_reader_offset(r));
+    int i = 0;
+    for (int k = 0; k < c.nins; k++) {
+        const qs_tensor *t;
+        int rc;
+        while ((rc = qs_reader_next(rs[k], &t)) == 1) {
+            if (i >= n || strcmp(t->name, ts[i].name) != 0)
+                die("%s: tensor '%s' is not the one the manifest announced next ('%s')", c.ins[k], t->name,
+                    i < n ? ts[i].name : "none");
+            pack_tensor(rs[k], t, &ts[i], L.files[L.shard_of[i]].fd, L.offset[i], L.names[L.shard_of[i]]);
+            progress_update((uint64_t)++i, qs_reader_offset(rs[k]));
+        }
+        if (rc < 0) die("%s", qs_reader_error(rs[k]));
     }
-    if (rc < 0) die("%s", qs_reader_error(r));
-    if (i != n) die("%s: stream ended after %d of the %d tensors its manifest announced", c.in, i, n);
+    if (i != n) die("%s: stream ended after %d of the %d tensors its manifest announced", c.ins[c.nins - 1], i, n);
     progress_end();
 
     /* commit: shard files, index, carried files, then the directory */
     for (int s = 0; s < L.nshards; s++) out_commit(&L.files[s]);
     if (!single) {
         if (L.nshards > 1) write_index(&dir, ts, n, &L);
-        for (int f = 0; f < h->nfiles; f++) {
-            const char *fn = h->files[f].name;
-            if (!*fn || fn[0] == '/' || strstr(fn, "..") || ends_with(fn, ".safetensors") ||
-                !strcmp(fn, "model.safetensors.index.json"))
-                die("%s: refusing to write carried file '%s' (unsafe or clashing name)", c.in, fn);
-            out_dir_write_file(&dir, fn, h->files[f].data, h->files[f].len);
-        }
+        write_carried_files(&dir, &h);
         out_dir_commit(&dir);
     }
-    qs_reader_close(r);
-    qs_header_clear(&hcopy);
+    for (int k = 0; k < c.nins; k++) qs_reader_close(rs[k]);
+    free(rs);
+    qs_header_clear(&h);
     for (int k = 0; k < n; k++) qs_tensor_clear(&ts[k]);
     free(ts);
     return EXIT_OK;

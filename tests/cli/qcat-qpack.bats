@@ -169,3 +169,21 @@ loads = [sum(e["nbytes"] for e in s) for s in sets]
 assert max(loads) - min(loads) <= 524288, loads
 PY
 }
+
+@test "qpack --merge of qcat --shard parts equals the single-process output" {
+    qcat "$DATA/ts3m-bf16" | qpack --max-shard-size 2MB -o single/
+    for k in 1 2 3; do qcat "$DATA/ts3m-bf16" --shard $k/3 > part$k.qs; done
+    qpack --max-shard-size 2MB -o merged/ --merge part1.qs part2.qs part3.qs
+    cmp single/model.safetensors.index.json merged/model.safetensors.index.json
+    for f in single/model-*.safetensors; do
+        same_tensors "$f" "merged/${f#single/}"
+    done
+    cmp single/config.json merged/config.json
+}
+
+@test "qpack --merge refuses parts that overlap" {
+    qcat "$DATA/ts3m-bf16" --shard 1/2 > a.qs
+    fails_cleanly "qpack -o out/ --merge a.qs a.qs"
+    [[ "$ERR" == *"appears twice"* ]]
+    [ ! -e out ]
+}
