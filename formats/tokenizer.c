@@ -357,16 +357,17 @@ static int load_vocab(tokenizer *tk, json_t *vocab, char **errp)
     tk->vkeys = calloc(json_object_size(vocab) + 1, sizeof *tk->vkeys);
     if (!tk->vkeys || tk_smap_init(&tk->vocab, json_object_size(vocab)) < 0)
         goto oom;
-    json_object_foreach(vocab, key, v) {
+    size_t len;
+    json_object_keylen_foreach(vocab, key, len, v) {
         uint32_t id = (uint32_t)json_integer_value(v);
-        size_t len = strlen(key);     /* jansson object keys are NUL-terminated */
         if (tk->pieces[id]) {
             set_err(errp, tk_errf("model.vocab: id %u used twice ('%s', '%s')", id, tk->pieces[id], key));
             return -1;
         }
-        char *k = strdup(key);
+        char *k = malloc(len + 1);
         if (!k)
             goto oom;
+        memcpy(k, key, len + 1);
         tk->vkeys[tk->n_vkeys++] = k;
         if (set_piece(tk, id, key, len) < 0 || tk_smap_put(&tk->vocab, k, len, id) < 0)
             goto oom;
