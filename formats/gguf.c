@@ -357,17 +357,22 @@ static int check_offsets(cursor *c, gguf_file *f)
             return fail(c, errf("%s: tensor %lld '%s': offset %llu, expected %llu (offsets must be "
                                 "the running padded sizes)", c->label, (long long)i, ti->name,
                                 (unsigned long long)ti->offset, (unsigned long long)expect));
-        if (f->data_offset > c->n || ti->nbytes > c->n - f->data_offset ||
-            ti->offset > c->n - f->data_offset - ti->nbytes)
-            return fail(c, errf("%s: tensor '%s': data [%llu, +%llu) past the end of the file (%zu bytes)",
+        const uint64_t n = f->file_size;
+        if (f->data_offset > n || ti->nbytes > n - f->data_offset || ti->offset > n - f->data_offset - ti->nbytes)
+            return fail(c, errf("%s: tensor '%s': data [%llu, +%llu) past the end of the file (%llu bytes)",
                                 c->label, ti->name, (unsigned long long)(f->data_offset + ti->offset),
-                                (unsigned long long)ti->nbytes, c->n));
+                                (unsigned long long)ti->nbytes, (unsigned long long)n));
         expect += align_up(ti->nbytes, f->alignment);
     }
     return 0;
 }
 
 gguf_file *gguf_file_parse(const void *buf, size_t len, const char *label, char **errp)
+{
+    return gguf_file_parse_ex(buf, len, len, label, errp);
+}
+
+gguf_file *gguf_file_parse_ex(const void *buf, size_t len, uint64_t file_size, const char *label, char **errp)
 {
     cursor c = { buf, len, 0, label ? label : "gguf", NULL };
     gguf_file *f = calloc(1, sizeof *f);
@@ -379,6 +384,7 @@ gguf_file *gguf_file_parse(const void *buf, size_t len, const char *label, char 
     }
     f->base = buf;
     f->size = len;
+    f->file_size = file_size < len ? len : file_size;
     char magic[4];
     uint64_t nt, nkv;
     if (take(&c, magic, 4, "magic") < 0)
@@ -1161,6 +1167,11 @@ int gguf_set_tokenizer(gguf_writer *g, const struct tokenizer *tk, char **errp)
         if (types[i] == TOK_TYPE_UNKNOWN && unk < 0)
             unk = (int)i;
     }
+    /* tokenizer.h has no unk accessor: an added "<unk>" (type control) is the
+     * SentencePiece convention convert_hf_to_gguf.py reads from the model */
+    for (size_t i = 0; unk < 0 && i < n; i++)
+        if (strcmp(pieces[i], "<unk>") == 0)
+            unk = (int)i;
     const char *kind = tokenizer_model_kind(tk);
     int bad = gguf_writer_set_kv_str(g, "tokenizer.ggml.model", kind) |
               gguf_writer_set_kv_str(g, "tokenizer.ggml.pre", "default") |

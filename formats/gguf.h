@@ -17,7 +17,7 @@
  * from a count): magic, version 2 or 3 (not byte-swapped), counts that fit the
  * file, strings ≤ 2^30 bytes inside the file, non-empty unique keys, known
  * value types, no nested arrays, general.alignment UINT32 power of two, tensor
- * names < 64 bytes and unique, 1..4 dims, ne ≥ 1, known non-removed types,
+ * names < 64 bytes and unique, ≤ 4 dims, ne ≥ 0, known non-removed types,
  * ne[0] % block == 0, overflow-safe sizes, each offset equal to the running
  * padded sum, and offset + nbytes inside the file (llama.cpp's loader check;
  * the padding after the last tensor is not required).
@@ -64,7 +64,8 @@ typedef struct {
 typedef struct {
     char             *label;              /* path, for messages */
     const uint8_t    *base;               /* whole file */
-    size_t            size;
+    size_t            size;               /* bytes at base */
+    uint64_t          file_size;          /* size of the whole file (= size unless parse_ex) */
     int               mapped;             /* 1: base is our mmap */
     uint32_t          version;
     uint32_t          alignment;
@@ -78,6 +79,10 @@ typedef struct {
 /* Parse and validate len bytes at buf (not copied: buf must outlive the
  * result). NULL + *errp on any violation of the checks above. */
 gguf_file *gguf_file_parse(const void *buf, size_t len, const char *label, char **errp);
+/* The same for a header excerpt: buf holds the first len bytes of a file of
+ * file_size bytes; tensor data must fit file_size (and is not readable). */
+gguf_file *gguf_file_parse_ex(const void *buf, size_t len, uint64_t file_size, const char *label,
+                              char **errp);
 /* mmap path and parse it. NULL + *errp (open/stat/mmap failures too). */
 gguf_file *gguf_file_open(const char *path, char **errp);
 void       gguf_file_close(gguf_file *f);

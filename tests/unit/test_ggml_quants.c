@@ -310,7 +310,7 @@ TEST(spec_decoders_k_quants)
 /* Simple types decoded from the spec text, on random bytes. */
 TEST(spec_decoders_simple)
 {
-    uint8_t b[24 * 8];
+    uint8_t b[34 * 8];
     float y[32 * 8];
     uint32_t s = 99;
     for (size_t i = 0; i < sizeof b; i++) {
@@ -321,7 +321,7 @@ TEST(spec_decoders_simple)
     for (size_t t = 0; t < 5; t++) {
         int ty = types[t];
         size_t bs = ggml_qtype_traits(ty)->type_size;
-        uint8_t blocks[24 * 8];
+        uint8_t blocks[34 * 8];
         memcpy(blocks, b, sizeof blocks);
         for (int k = 0; k < 8; k++) {                           /* finite fp16 d, m */
             uint16_t d = f32_to_f16(0.02f * (float)(k - 3)), m = f32_to_f16(-0.1f * (float)k);
