@@ -80,7 +80,7 @@ static void pk_obj_free(pk_obj *o)
     switch (o->kind) {
     case PK_STR: case PK_BYTES: free(o->u.str.s); break;
     case PK_TUPLE: case PK_LIST: free(o->u.seq.items); break;
-    case PK_DICT: free(o->u.dict.keys); free(o->u.dict.vals); break;
+    case PK_DICT: free(o->u.dict.keys); free(o->u.dict.vals); free(o->u.dict.slots); break;
     case PK_STORAGE: free(o->u.storage.key); break;
     default: break;
     }
@@ -117,12 +117,57 @@ static int pk_key_equal(const pk_obj *a, const pk_obj *b)
     if (a->kind != b->kind)
         return 0;
     if (a->kind == PK_STR || a->kind == PK_BYTES)
-        return a->u.str.len == b->u.str.len && memcmp(a->u.str.s, b->u.str.s, a->u.str.len) == 0;
+        return a->u.str.hash == b->u.str.hash && a->u.str.len == b->u.str.len && memcmp(a->u.str.s, b->u.str.s, a->u.str.len) == 0;
     if (a->kind == PK_INT || a->kind == PK_BOOL)
         return a->u.i == b->u.i;
     if (a->kind == PK_NONE)
         return 1;
     return a == b;
+}
+
+static uint32_t pk_key_hash(const pk_obj *k)
+{
+    if (k->kind == PK_STR || k->kind == PK_BYTES)
+        return k->u.str.hash;
+    if (k->kind == PK_INT || k->kind == PK_BOOL)
+        return (uint32_t)(((uint64_t)k->u.i * 0x9E3779B97F4A7C15ull) >> 32);
+    return 0;                                   /* rare key kinds: they just collide */
+}
+
+/* Rebuild the slot index of dict with nslots (a power of two > 2n). */
+static int pk_dict_reindex(pk_doc *d, pk_obj *dict, size_t nslots)
+{
+    uint32_t *sl = calloc(nslots, sizeof *sl);
+    if (!sl)
+        return pk_fail(d, "out of memory");
+    for (size_t i = 0; i < dict->u.dict.n; i++) {
+        size_t j = pk_key_hash(dict->u.dict.keys[i]) & (nslots - 1);
+        while (sl[j])
+            j = (j + 1) & (nslots - 1);
+        sl[j] = (uint32_t)(i + 1);
+    }
+    free(dict->u.dict.slots);
+    dict->u.dict.slots = sl;
+    dict->u.dict.nslots = nslots;
+    return 0;
+}
+
+/* Grow the entry arrays (and the index) to hold one more entry. */
+static int pk_dict_grow(pk_doc *d, pk_obj *dict)
+{
+    if (dict->u.dict.n == dict->u.dict.cap) {
+        size_t cap = dict->u.dict.cap ? dict->u.dict.cap * 2 : 8;
+        pk_obj **nk = realloc(dict->u.dict.keys, cap * sizeof *nk);
+        if (!nk) return pk_fail(d, "out of memory");
+        dict->u.dict.keys = nk;
+        pk_obj **nv = realloc(dict->u.dict.vals, cap * sizeof *nv);
+        if (!nv) return pk_fail(d, "out of memory");
+        dict->u.dict.vals = nv;
+        dict->u.dict.cap = cap;
+    }
+    if ((dict->u.dict.n + 1) * 2 > dict->u.dict.nslots)
+        return pk_dict_reindex(d, dict, dict->u.dict.nslots ? dict->u.dict.nslots * 2 : 16);
+    return 0;
 }
 
 /* dict[k] = v, keeping first-insertion order like Python dicts. */
@@ -136,23 +181,17 @@ static int pk_dict_set(pk_doc *d, pk_obj *dict, pk_obj *k, pk_obj *v)
     default:
         return pk_fail(d, "unhashable dict key");
     }
-    if (pk_nest(d, dict, v) < 0 || pk_nest(d, dict, k) < 0)
+    if (pk_nest(d, dict, v) < 0 || pk_nest(d, dict, k) < 0 || pk_dict_grow(d, dict) < 0)
         return -1;
-    for (size_t i = 0; i < dict->u.dict.n; i++)
+    size_t mask = dict->u.dict.nslots - 1, j = pk_key_hash(k) & mask;
+    for (; dict->u.dict.slots[j]; j = (j + 1) & mask) {
+        size_t i = dict->u.dict.slots[j] - 1;
         if (pk_key_equal(dict->u.dict.keys[i], k)) {
-            dict->u.dict.vals[i] = v;
+            dict->u.dict.vals[i] = v;           /* existing key: new value, old position */
             return 0;
         }
-    if (dict->u.dict.n == dict->u.dict.cap) {
-        size_t cap = dict->u.dict.cap ? dict->u.dict.cap * 2 : 8;
-        pk_obj **nk = realloc(dict->u.dict.keys, cap * sizeof *nk);
-        if (!nk) return pk_fail(d, "out of memory");
-        dict->u.dict.keys = nk;
-        pk_obj **nv = realloc(dict->u.dict.vals, cap * sizeof *nv);
-        if (!nv) return pk_fail(d, "out of memory");
-        dict->u.dict.vals = nv;
-        dict->u.dict.cap = cap;
     }
+    dict->u.dict.slots[j] = (uint32_t)(dict->u.dict.n + 1);
     dict->u.dict.keys[dict->u.dict.n] = k;
     dict->u.dict.vals[dict->u.dict.n] = v;
     dict->u.dict.n++;
@@ -282,6 +321,10 @@ static int pk_push_str(pk_doc *d, pk_kind kind, uint64_t n)
     memcpy(o->u.str.s, q, (size_t)n);
     o->u.str.s[n] = '\0';
     o->u.str.len = (size_t)n;
+    uint32_t h = 2166136261u;                   /* FNV-1a, to make duplicate-key checks cheap */
+    for (uint64_t i = 0; i < n; i++)
+        h = (h ^ q[i]) * 16777619u;
+    o->u.str.hash = h;
     return pk_push(d, o);
 }
 

@@ -67,9 +67,13 @@ struct pk_obj {
     union {
         int64_t i;                      /* PK_BOOL, PK_INT */
         double  f;                      /* PK_FLOAT */
-        struct { char *s; size_t len; } str;               /* PK_STR, PK_BYTES (NUL-terminated copy) */
+        struct { char *s; size_t len; uint32_t hash; } str; /* PK_STR, PK_BYTES (NUL-terminated copy, FNV-1a) */
         struct { pk_obj **items; size_t n, cap; } seq;     /* PK_TUPLE, PK_LIST */
-        struct { pk_obj **keys, **vals; size_t n, cap; int ordered; } dict;  /* PK_DICT, insertion order */
+        struct {
+            pk_obj **keys, **vals; size_t n, cap;   /* insertion order */
+            uint32_t *slots; size_t nslots;         /* open-addressing index: entry + 1, 0 = empty */
+            int ordered;                            /* made by collections.OrderedDict() */
+        } dict;                                     /* PK_DICT */
         struct { pk_global_id id; qdtype dtype; const char *name; } global;  /* PK_GLOBAL */
         struct {
             char    *key;               /* record data/<key>: [A-Za-z0-9_.-], no ".." */

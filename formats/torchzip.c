@@ -46,6 +46,7 @@ typedef struct {
     uint64_t  csize, usize;
     uint32_t  crc;
     uint16_t  method, flags;
+    uint64_t  payload;      /* payload offset, once resolved (0 = not yet) */
 } tz_entry;
 
 typedef struct {
@@ -309,7 +310,7 @@ static int tz_zip_open(tz_zip *z, const char *path, char **why)
     return tz_set_folder(z, why);
 }
 
-static const tz_entry *tz_zip_find(const tz_zip *z, const char *record)
+static tz_entry *tz_zip_find(const tz_zip *z, const char *record)
 {
     size_t fl = strlen(z->folder), rl = strlen(record);
     char *name = malloc(fl + rl + 1);
@@ -325,9 +326,13 @@ static const tz_entry *tz_zip_find(const tz_zip *z, const char *record)
 
 /* Payload offset of a stored record: local header offset + 30 + name + extra
  * (inline_container.cc getRecordOffset), checked to end before the CD. */
-static int tz_payload(const tz_zip *z, const tz_entry *t, uint64_t *off, char **why)
+static int tz_payload(const tz_zip *z, tz_entry *t, uint64_t *off, char **why)
 {
     uint8_t h[30];
+    if (t->payload) {
+        *off = t->payload;
+        return 0;
+    }
     if (t->method != 0)
         return *why = "record is compressed (torch writes stored records)", -1;
     if (t->flags & 1)
@@ -340,7 +345,7 @@ static int tz_payload(const tz_zip *z, const tz_entry *t, uint64_t *off, char **
     uint64_t p = t->lho + 30 + rd16(h + 26) + rd16(h + 28);
     if (rd16(h + 26) != strlen(t->name) || p > z->cd_off || t->usize > z->cd_off - p)
         return *why = "record extends past its bounds (truncated zip?)", -1;
-    *off = p;
+    *off = t->payload = p;
     return 0;
 }
 
@@ -387,14 +392,15 @@ static int tz_is_contiguous(const tz_view *v)
     return 1;
 }
 
-/* Check a tensor's storage reference against the archive; fill v.
- * why is a static string; *detail gets a printf'ed message when needed. */
+/* Check a tensor's storage reference against the archive (record exists and
+ * is stored, its size matches the persistent id, shape/stride/offset stay
+ * inside it, sizes don't overflow); fill v. NULL, or a malloc'd message. */
 static char *tz_view_make(tz_impl *im, const pk_obj *t, tz_view *v)
 {
     const pk_obj *st = t->u.tensor.storage;
     char rec[80];
     snprintf(rec, sizeof rec, "data/%s", st->u.storage.key);
-    const tz_entry *e = tz_zip_find(&im->zip, rec);
+    tz_entry *e = tz_zip_find(&im->zip, rec);
     if (!e)
         return qsrc_errf("storage record '%s' not found", rec);
     char *why = NULL;
@@ -580,7 +586,7 @@ static const qsrc_ops tz_ops = { .read = tz_read, .map = NULL, .close = tz_close
 /*-*** Opening ***/
 
 /* Read a small stored record whole (NUL-terminated). */
-static uint8_t *tz_read_record(tz_impl *im, const tz_entry *e, uint64_t max, char **why)
+static uint8_t *tz_read_record(tz_impl *im, tz_entry *e, uint64_t max, char **why)
 {
     uint64_t off;
     if (tz_payload(&im->zip, e, &off, why) < 0)
@@ -611,7 +617,7 @@ static uint8_t *tz_read_record(tz_impl *im, const tz_entry *e, uint64_t max, cha
 /* byteorder record: "little" (or absent) / "big". */
 static char *tz_byteorder(tz_impl *im)
 {
-    const tz_entry *e = tz_zip_find(&im->zip, "byteorder");
+    tz_entry *e = tz_zip_find(&im->zip, "byteorder");
     if (!e)
         return NULL;
     char *why = NULL;
@@ -702,7 +708,7 @@ static char *tz_load_pickle(qsrc *s, tz_impl *im)
 {
     if (tz_zip_find(&im->zip, "constants.pkl"))
         return qsrc_errf("a TorchScript archive (constants.pkl), not a torch.save checkpoint");
-    const tz_entry *e = tz_zip_find(&im->zip, "data.pkl");
+    tz_entry *e = tz_zip_find(&im->zip, "data.pkl");
     if (!e)
         return qsrc_errf("no %sdata.pkl record", im->zip.folder);
     char *why = NULL;

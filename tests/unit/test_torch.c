@@ -14,6 +14,7 @@
  */
 #include "testlib.h"
 #include "source.h"
+#include "pickle.h"
 
 #include <jansson.h>
 #include <stdint.h>
@@ -453,6 +454,174 @@ TEST(hostile_archive_refused)
     expect_refused(STORIES "model.safetensors", "not a zip file");
 }
 
+/*-*** the unpickler on its own ***/
+
+static const pk_obj *load(pk_doc **d, const char *bytes, size_t n, char **err)
+{
+    *err = NULL;
+    *d = pickle_load((const uint8_t *)bytes, n, err);
+    return *d ? pickle_root(*d) : NULL;
+}
+#define LOAD(lit, d, err) load(d, lit, sizeof lit - 1, err)
+
+TEST(pickle_scalars_and_dicts)
+{
+    pk_doc *d;
+    char *err;
+    const pk_obj *o;
+    /* LONG1: little-endian two's complement (pickletools: decode_long) */
+    o = LOAD("\x8a\x01\xff.", &d, &err);
+    CHECK(o && o->kind == PK_INT && o->u.i == -1);
+    pickle_free(d);
+    o = LOAD("\x8a\x02\x00\x80.", &d, &err);
+    CHECK(o && o->kind == PK_INT && o->u.i == -32768);
+    pickle_free(d);
+    o = LOAD("\x8a\x00.", &d, &err);
+    CHECK(o && o->kind == PK_INT && o->u.i == 0);
+    pickle_free(d);
+    o = LOAD("\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", &d, &err);
+    CHECK(!o && err && strstr(err, "does not fit"));
+    free(err);
+    o = LOAD("J\xfe\xff\xff\xff.", &d, &err);                    /* BININT is signed */
+    CHECK(o && o->kind == PK_INT && o->u.i == -2);
+    pickle_free(d);
+    /* BINFLOAT is big-endian: 0x3ff8... = 1.5 */
+    o = LOAD("G\x3f\xf8\x00\x00\x00\x00\x00\x00.", &d, &err);
+    CHECK(o && o->kind == PK_FLOAT && o->u.f == 1.5);
+    pickle_free(d);
+    /* SETITEMS with a repeated key keeps the first position, last value */
+    o = LOAD("}(X\x01\x00\x00\x00" "aK\x01X\x01\x00\x00\x00" "bK\x02X\x01\x00\x00\x00" "aK\x03u.", &d, &err);
+    CHECK(o && o->kind == PK_DICT && o->u.dict.n == 2);
+    if (o && o->kind == PK_DICT && o->u.dict.n == 2) {
+        CHECK(strcmp(o->u.dict.keys[0]->u.str.s, "a") == 0 && o->u.dict.vals[0]->u.i == 3);
+        CHECK(pickle_dict_get(o, "b")->u.i == 2 && pickle_dict_get(o, "c") == NULL);
+    }
+    pickle_free(d);
+    /* DICT pops to the mark (candle maps it to EMPTY_DICT, a bug) */
+    o = LOAD("K\x07(X\x01\x00\x00\x00" "kK\x05" "d.", &d, &err);
+    CHECK(o && o->kind == PK_DICT && o->u.dict.n == 1 && pickle_dict_get(o, "k")->u.i == 5);
+    pickle_free(d);
+    /* memo: BINPUT / BINGET share the object, MEMOIZE numbers by len(memo) */
+    o = LOAD("]q\x05K\x01" "ah\x05\x86.", &d, &err);
+    CHECK(o && o->kind == PK_TUPLE && o->u.seq.n == 2 && o->u.seq.items[0] == o->u.seq.items[1]);
+    pickle_free(d);
+    o = LOAD("\x80\x04\x8c\x01x\x94\x8c\x01y\x94h\x01h\x00\x86.", &d, &err);
+    CHECK(o && o->kind == PK_TUPLE && strcmp(o->u.seq.items[0]->u.str.s, "y") == 0 &&
+          strcmp(o->u.seq.items[1]->u.str.s, "x") == 0);
+    pickle_free(d);
+}
+
+TEST(pickle_refusals)
+{
+    pk_doc *d;
+    char *err;
+    static const struct { const char *bytes; size_t n; const char *want; } cases[] = {
+#define C(lit, want) { lit, sizeof lit - 1, want }
+        C("}(NK\x01s.", "stack underflow"),                 /* SETITEM may not reach below MARK */
+        C("N)R.", "REDUCE on a non-callable"),
+        C("ctorch\nQInt8Storage\n.", "unsupported type 'torch.QInt8Storage'"),
+        C("ctorch\nload\n.", "forbidden global 'torch.load'"),
+        C("c__builtin__\ngetattr\n.", "forbidden global '__builtin__.getattr'"),
+        C("ccollections\nOrderedDict\nK\x01\x85R.", "OrderedDict() with arguments"),
+        C("cos\nsys\x01tem\n.", "forbidden global 'os.sys?tem'"),
+        C("h\x00.", "memo key 0 not found"),
+        C("\x80\x06.", "unsupported pickle protocol 6"),
+        C("X\x05\x00\x00\x00" "ab", "truncated"),
+        C("(t)Q.", "persistent id is not a 5-tuple"),
+        C(".", "stack underflow"),
+        C("\x95\xff\x00\x00\x00\x00\x00\x00\x00N.", "truncated frame"),
+        C("ctorch._utils\n_rebuild_tensor_v2\n(NtR.", "_rebuild_tensor_v2 takes 6 or 7"),
+        C("K\x01u.", "no MARK"),
+#undef C
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        err = NULL;
+        d = pickle_load((const uint8_t *)cases[i].bytes, cases[i].n, &err);
+        CHECK_MSG(!d && err && strstr(err, cases[i].want), "case %zu: got '%s', want '%s'", i,
+                  err ? err : "(accepted)", cases[i].want);
+        pickle_free(d);
+        free(err);
+    }
+}
+
+/* Deterministic mutation fuzzing: corrupted pickles and zips must be refused
+ * or read cleanly, never crash (meaningful under ASan/UBSan). */
+static uint32_t lcg(uint32_t *st)
+{
+    *st = *st * 1664525u + 1013904223u;
+    return *st >> 8;
+}
+
+TEST(fuzz_mutated_inputs)
+{
+    FILE *f = fopen(TDIR "small.pt", "rb");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    uint8_t orig[8192];
+    size_t n = fread(orig, 1, sizeof orig, f);
+    fclose(f);
+    const char *tmp = "build/tests/test_torch.fuzz.pt";
+    uint32_t st = 12345;
+    int opened = 0, refused = 0;
+    for (int it = 0; it < 400; it++) {
+        uint8_t buf[8192];
+        memcpy(buf, orig, n);
+        int flips = 1 + (int)(lcg(&st) % 4);
+        for (int k = 0; k < flips; k++) {
+            size_t at = lcg(&st) % n;
+            if (at < 2048 && lcg(&st) % 2)     /* favour data.pkl and the headers */
+                at %= 1024;
+            buf[at] = (uint8_t)lcg(&st);
+        }
+        FILE *o = fopen(tmp, "wb");
+        if (!o)
+            break;
+        fwrite(buf, 1, n, o);
+        fclose(o);
+        char *err = NULL;
+        qsrc *s = torch_open(tmp, &err);
+        if (s) {
+            opened++;
+            for (int t = 0; t < s->ntensors; t++) {
+                size_t len;
+                free(read_all(s, t, &len));
+            }
+            qsrc_close(s);
+        } else {
+            refused += err != NULL;
+        }
+        free(err);
+    }
+    remove(tmp);
+    CHECK(opened + refused == 400);
+    CHECK(refused > 0);
+    /* and the raw unpickler on mutated copies of a real data.pkl */
+    pk_doc *d;
+    char *err;
+    static const char pk[] = /* {"a": _rebuild_tensor_v2(FloatStorage "0" x6, 0, (2,3), (3,1), False, {})} */
+        "\200\002}q\000(X\001\000\000\000aq\001ctorch._utils\n_rebuild_tensor_v2\nq\002"
+        "((X\007\000\000\000storageq\003ctorch\nFloatStorage\nq\004X\001\000\000\0000X\003\000\000\000cp"
+        "uK\006tQK\000K\002K\003\206K\003K\001\206\211}tRu.";
+    size_t pn = sizeof pk - 1;
+    err = NULL;
+    d = pickle_load((const uint8_t *)pk, pn, &err);
+    CHECK_MSG(d && pickle_root(d)->kind == PK_DICT, "%s", err ? err : "not a dict");
+    pickle_free(d);
+    free(err);
+    for (int it = 0; it < 20000; it++) {
+        uint8_t b[256];
+        memcpy(b, pk, pn);
+        b[lcg(&st) % pn] = (uint8_t)lcg(&st);
+        size_t cut = lcg(&st) % 8 == 0 ? lcg(&st) % pn : pn;
+        err = NULL;
+        d = pickle_load(b, cut, &err);
+        CHECK(d || err);
+        pickle_free(d);
+        free(err);
+    }
+}
+
 int main(void)
 {
     RUN(stories_bin_matches_safetensors);
@@ -466,5 +635,8 @@ int main(void)
     RUN(hostile_opcodes_refused);
     RUN(hostile_bounds_refused);
     RUN(hostile_archive_refused);
+    RUN(pickle_scalars_and_dicts);
+    RUN(pickle_refusals);
+    RUN(fuzz_mutated_inputs);
     return tl_summary();
 }
