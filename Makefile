@@ -16,7 +16,7 @@ BIN    ?= bin
 
 DEB_PKGS = build-essential clang libarchive-dev libmsgpack-dev libxxhash-dev libjansson-dev \
            libpcre2-dev libutf8proc-dev libopenblas-dev liblapacke-dev bats parallel time zstd \
-           libclang-rt-14-dev valgrind
+           libclang-rt-14-dev valgrind zsh bc
 
 LIB_SRC   = $(wildcard common/*.c) $(wildcard formats/*.c)
 LIB_OBJ   = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
