@@ -17,7 +17,7 @@
 #include <string.h>
 #include "tokenizer_priv.h"
 
-#define TK_MAX_ID 0x7FFFFFFEu
+#define TK_MAX_ID 0xFFFFFFu     /* 16M ids: 60x the largest real vocab, bounds allocations */
 
 /*-*** Added tokens: leftmost-longest matching ***/
 

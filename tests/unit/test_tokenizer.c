@@ -240,10 +240,11 @@ TEST(bad_tokenizer_json_is_refused)
         "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}",
         "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}",
         "{\"normalizer\": {\"type\": \"Precompiled\"}, \"model\": {\"vocab\": {}, \"merges\": []}}",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 2000000000}, \"merges\": []}}",
         ("{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"}}, "
          "\"model\": {\"vocab\": {}, \"merges\": []}}"),
     };
-    static const char *why[] = { "line", "duplicate", "Unigram", "missing", "merged token", "Precompiled",
+    static const char *why[] = { "line", "duplicate", "Unigram", "missing", "merged token", "Precompiled", "bad id",
                                  "regex" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *err = NULL;
@@ -593,6 +594,20 @@ TEST(gpt2_round_trips_any_text)
         CHECK_MSG(round_trips(tk, buf, (size_t)(p - buf)), "random %d", t);
         CHECK_MSG(round_trips(l3, buf, (size_t)(p - buf)), "llama3 random %d", t);
     }
+    /* the whole of eval.txt through the regex path: fast, and round trips */
+    size_t tlen = 0;
+    char *text = slurp("tests/data/text/eval.txt", &tlen);
+    CHECK(text);
+    if (tk && text) {
+        uint32_t *ids = NULL;
+        double t0 = now_s();
+        int64_t n = tokenizer_encode(tk, text, tlen, 0, &ids, NULL);
+        double dt = now_s() - t0;
+        CHECK_MSG(n > 0 && dt < 1.0, "%lld ids in %.3f s", (long long)n, dt);
+        free(ids);
+        CHECK(round_trips(tk, text, tlen));
+    }
+    free(text);
     /* ids that are not valid UTF-8 decode with U+FFFD per maximal subpart:
      * E6 97 (truncated 3-byte) is one, FF is one */
     char *s = tk ? tokenizer_decode(tk, IDS('a', 0xE6, 0x97, 'b', 0xFF), 0) : NULL;
