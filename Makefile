@@ -16,7 +16,7 @@ BIN    ?= bin
 
 DEB_PKGS = build-essential clang libarchive-dev libmsgpack-dev libxxhash-dev libjansson-dev \
            libpcre2-dev libutf8proc-dev libopenblas-dev liblapacke-dev bats parallel time zstd \
-           libclang-rt-14-dev valgrind zsh bc
+           libclang-rt-14-dev valgrind zsh bc help2man
 
 LIB_SRC   = $(wildcard common/*.c) $(wildcard formats/*.c)
 LIB_OBJ   = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
@@ -101,6 +101,21 @@ demo: deps all
 
 bench: all
 	$(Q)tests/bench/run-all
+
+PREFIX ?= /usr/local
+# man pages are generated from each tool's --help and --version (help2man)
+man: all
+	@mkdir -p $(BUILD)/man
+	$(Q)for t in $(TOOLS); do help2man -N -n "qpipe $$t" --version-string=$$($(BIN)/$$t --version | awk '{print $$3}') \
+	  $(BIN)/$$t > $(BUILD)/man/$$t.1 || exit 1; done
+
+install: all man
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+	install -m 755 $(TOOL_BIN) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BUILD)/man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	for t in $(TOOLS); do install -m 644 completions/qpipe.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$t; done
+	install -m 644 completions/_qpipe $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_qpipe
 
 clean:
 	rm -rf build build-asan bin build-fuzz
