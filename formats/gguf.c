@@ -1072,6 +1072,18 @@ void gguf_unpermute_qk_rows(const float *src, float *dst, int64_t rows, int64_t 
     permute_rows(src, dst, rows, cols, n_head, 0);
 }
 
+int gguf_llama_ftype(int t)
+{
+    switch (t) {
+    case GGML_T_F32: return 0;   case GGML_T_F16: return 1;   case GGML_T_Q4_0: return 2;
+    case GGML_T_Q4_1: return 3;  case GGML_T_Q8_0: return 7;  case GGML_T_Q5_0: return 8;
+    case GGML_T_Q5_1: return 9;  case GGML_T_Q2_K: return 10; case GGML_T_Q3_K: return 12;
+    case GGML_T_Q4_K: return 15; case GGML_T_Q5_K: return 17; case GGML_T_Q6_K: return 18;
+    case GGML_T_BF16: return 32;
+    default: return -1;
+    }
+}
+
 /* Positive integer field of config.json, or -1 if absent / not one. */
 static int64_t cfg_int(const json_t *cfg, const char *k)
 {

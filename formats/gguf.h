@@ -179,6 +179,12 @@ void gguf_unpermute_qk_rows(const float *src, float *dst, int64_t rows, int64_t 
  * missing required field. */
 int gguf_llama_metadata(gguf_writer *g, const char *config_json, size_t len, char **errp);
 
+/* llama_ftype for general.file_type from the majority tensor type (§4): F32 0,
+ * F16 1, Q4_0 2, Q4_1 3, Q8_0 7, Q5_0 8, Q5_1 9, Q2_K 10, Q3_K 12 (Q3_K_M),
+ * Q4_K 15 (Q4_K_M), Q5_K 17 (Q5_K_M), Q6_K 18, BF16 32 — the _M mixes, as
+ * llama-quantize labels files whose majority type is a K-quant. -1 otherwise. */
+int gguf_llama_ftype(int ggml_type);
+
 struct tokenizer;
 /* tokenizer.ggml.* from a loaded tokenizer (formats/tokenizer.h): model,
  * pre ("default"), tokens, scores, token_type, merges (gpt2 kind),

@@ -316,6 +316,10 @@ TEST(write_read_roundtrip)
     free(h2);
     gguf_writer_free(g2);
     qsrc_close(s);
+    /* qsrc_open dispatches a .gguf path to this reader */
+    qsrc *sd = qsrc_open(path, &err);
+    CHECK(sd && sd->ntensors == 4 && strcmp(json_string_value(json_object_get(sd->header.meta, "format")), "gguf") == 0);
+    qsrc_close(sd);
     unlink(path);
     unlink(path2);
 }
@@ -500,6 +504,11 @@ TEST(llama_names)
     CHECK(gguf_llama_qk_kind("model.layers.2.self_attn.q_proj.weight") == 1);
     CHECK(gguf_llama_qk_kind("model.layers.2.self_attn.k_proj.weight") == 2);
     CHECK(gguf_llama_qk_kind("model.layers.2.self_attn.v_proj.weight") == 0);
+    /* general.file_type of the fixtures (gguf_facts.py): q4_k_m 15, q3_k_m 12, q8_0 7, f16 1 */
+    CHECK(gguf_llama_ftype(GGML_T_Q4_K) == 15 && gguf_llama_ftype(GGML_T_Q3_K) == 12);
+    CHECK(gguf_llama_ftype(GGML_T_Q8_0) == 7 && gguf_llama_ftype(GGML_T_F16) == 1);
+    CHECK(gguf_llama_ftype(GGML_T_Q5_0) == 8 && gguf_llama_ftype(GGML_T_Q6_K) == 18);
+    CHECK(gguf_llama_ftype(16) == -1);
 }
 
 TEST(qk_permutation)
