@@ -19,6 +19,7 @@
 #include <jansson.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #define STORIES "tests/data/stories260k/"
 #define TDIR    "tests/data/torch/"
@@ -176,6 +177,39 @@ TEST(stories_bin_matches_safetensors)
         qsrc_close(s);
     }
     st_free(&st);
+}
+
+/* The same through qsrc_open (dispatch by magic) against qpipe's own
+ * safetensors reader. */
+TEST(qsrc_open_torch_equals_safetensors_reader)
+{
+    char *err = NULL;
+    qsrc *t = qsrc_open(STORIES "pytorch_model.bin", &err);
+    CHECK_MSG(t, "%s", err ? err : "?");
+    free(err);
+    err = NULL;
+    qsrc *st = qsrc_open(STORIES "model.safetensors", &err);
+    CHECK_MSG(st, "%s", err ? err : "?");
+    free(err);
+    if (t && st) {
+        CHECK(t->ntensors == st->ntensors);
+        int same = 0;
+        for (int i = 0; i < t->ntensors; i++) {
+            int j = qsrc_find(st, t->tensors[i].name);
+            if (j < 0)
+                continue;
+            size_t la, lb;
+            uint8_t *a = read_all(t, i, &la), *b = read_all(st, j, &lb);
+            same += a && b && la == lb && memcmp(a, b, la) == 0 &&
+                    t->tensors[i].dtype == st->tensors[j].dtype && t->tensors[i].ndim == st->tensors[j].ndim &&
+                    memcmp(t->tensors[i].shape, st->tensors[j].shape, sizeof t->tensors[i].shape[0] * (size_t)t->tensors[i].ndim) == 0;
+            free(a);
+            free(b);
+        }
+        CHECK(same == 47);
+    }
+    qsrc_close(t);
+    qsrc_close(st);
 }
 
 /* bf16 round-to-nearest-even, written out here independently of dtype.c. */
@@ -561,7 +595,12 @@ TEST(fuzz_mutated_inputs)
     uint8_t orig[8192];
     size_t n = fread(orig, 1, sizeof orig, f);
     fclose(f);
-    const char *tmp = "build/tests/test_torch.fuzz.pt";
+    char tmp[] = "/tmp/test_torch.XXXXXX";
+    int tfd = mkstemp(tmp);
+    CHECK(tfd >= 0);
+    if (tfd < 0)
+        return;
+    close(tfd);
     uint32_t st = 12345;
     int opened = 0, refused = 0;
     for (int it = 0; it < 400; it++) {
@@ -625,6 +664,7 @@ TEST(fuzz_mutated_inputs)
 int main(void)
 {
     RUN(stories_bin_matches_safetensors);
+    RUN(qsrc_open_torch_equals_safetensors_reader);
     RUN(stories_views_logical_values);
     RUN(views_unaligned_reads);
     RUN(small_zip64_protocol2);
