@@ -15,7 +15,10 @@
  * shape, stride); reads return its logical bytes contiguous, row-major,
  * little-endian: contiguous views are pread directly, strided views are
  * gathered from a read-only mapping of the file, big-endian files are swapped.
- * Memory stays bounded: nothing but data.pkl is loaded.
+ * map() hands out pointers into that mapping for contiguous little-endian
+ * tensors. Memory stays bounded: nothing but data.pkl is loaded (mapped pages
+ * are clean file pages the kernel can drop). A file truncated *after* open
+ * can raise SIGBUS on mapped access, as with every mmap reader.
  *
  * qsrc ownership: ops->close frees only s->impl; qsrc_close() (source.c)
  * frees path, header and tensors.
@@ -501,6 +504,18 @@ static void tz_gather(const uint8_t *src, const tz_view *v, uint64_t e0, uint64_
     }
 }
 
+/* Map the whole file read-only, once. 0, or -1 with errno. */
+static int tz_ensure_map(tz_impl *im)
+{
+    if (im->map)
+        return 0;
+    void *m = mmap(NULL, (size_t)im->zip.size, PROT_READ, MAP_PRIVATE, im->zip.fd, 0);
+    if (m == MAP_FAILED)
+        return -1;
+    im->map = m;
+    return 0;
+}
+
 /* cnt whole logical elements from e0 into dst (little-endian). */
 static int tz_read_elems(qsrc *s, const tz_view *v, uint64_t e0, uint64_t cnt, uint8_t *dst, char **errp)
 {
@@ -514,13 +529,9 @@ static int tz_read_elems(qsrc *s, const tz_view *v, uint64_t e0, uint64_t cnt, u
             return -1;
         }
     } else {
-        if (!im->map) {
-            void *m = mmap(NULL, (size_t)im->zip.size, PROT_READ, MAP_PRIVATE, im->zip.fd, 0);
-            if (m == MAP_FAILED) {
-                *errp = qsrc_errf("%s: mmap: %s", s->path, strerror(errno));
-                return -1;
-            }
-            im->map = m;
+        if (tz_ensure_map(im) < 0) {
+            *errp = qsrc_errf("%s: mmap: %s", s->path, strerror(errno));
+            return -1;
         }
         tz_gather(im->map + v->base, v, e0, cnt, dst);
     }
@@ -568,6 +579,19 @@ static int tz_read(qsrc *s, int idx, uint64_t off, void *buf, size_t n, char **e
     return 0;
 }
 
+/* Zero-copy pointer to a tensor's bytes when the file already holds them in
+ * logical order (contiguous view, little-endian file); NULL otherwise. */
+static const void *tz_map(qsrc *s, int idx)
+{
+    tz_impl *im = s->impl;
+    if (idx < 0 || idx >= im->nviews)
+        return NULL;
+    const tz_view *v = &im->views[idx];
+    if (!v->contiguous || (im->big_endian && v->es > 1) || v->nbytes == 0 || tz_ensure_map(im) < 0)
+        return NULL;
+    return im->map + v->base + (uint64_t)v->offset * v->es;
+}
+
 static void tz_close(qsrc *s)
 {
     tz_impl *im = s->impl;
@@ -581,7 +605,7 @@ static void tz_close(qsrc *s)
     s->impl = NULL;
 }
 
-static const qsrc_ops tz_ops = { .read = tz_read, .map = NULL, .close = tz_close };
+static const qsrc_ops tz_ops = { .read = tz_read, .map = tz_map, .close = tz_close };
 
 /*-*** Opening ***/
 
@@ -777,6 +801,15 @@ static int tzi_read(qsrc *s, int idx, uint64_t off, void *buf, size_t n, char **
     return sh->ops->read(sh, ix->sub[idx], off, buf, n, errp);
 }
 
+static const void *tzi_map(qsrc *s, int idx)
+{
+    tz_index *ix = s->impl;
+    if (idx < 0 || idx >= s->ntensors)
+        return NULL;
+    qsrc *sh = ix->shards[ix->shard_of[idx]];
+    return sh->ops->map ? sh->ops->map(sh, ix->sub[idx]) : NULL;
+}
+
 static void tzi_close(qsrc *s)
 {
     tz_index *ix = s->impl;
@@ -792,7 +825,7 @@ static void tzi_close(qsrc *s)
     s->impl = NULL;
 }
 
-static const qsrc_ops tzi_ops = { .read = tzi_read, .map = NULL, .close = tzi_close };
+static const qsrc_ops tzi_ops = { .read = tzi_read, .map = tzi_map, .close = tzi_close };
 
 static int tzi_name_ok(const char *f)
 {

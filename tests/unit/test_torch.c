@@ -249,6 +249,13 @@ TEST(stories_views_logical_values)
         CHECK(bad == 0);
         CHECK(memcmp(sv, up + 10 * 64, 640 * sizeof(float)) == 0);
         CHECK(ne == nl && memcmp(emb, lm, ne * sizeof(float)) == 0);
+        /* map(): contiguous tensors point into the file, views do not */
+        const float *me = qsrc_map(s, qsrc_find(s, "model.embed_tokens.weight"));
+        const float *ms = qsrc_map(s, qsrc_find(s, "extra.slice_view"));
+        CHECK(me && memcmp(me, emb, ne * sizeof(float)) == 0);
+        CHECK(me == qsrc_map(s, qsrc_find(s, "lm_head.weight")));
+        CHECK(ms && memcmp(ms, sv, 640 * sizeof(float)) == 0);
+        CHECK(qsrc_map(s, qsrc_find(s, "extra.transposed_view")) == NULL);
         int it = qsrc_find(s, "extra.transposed_view");
         CHECK(s->tensors[it].ndim == 2 && s->tensors[it].shape[0] == 64 && s->tensors[it].shape[1] == 172);
     }
@@ -401,7 +408,12 @@ TEST(small_zip64_protocol2)
 TEST(small_big_endian_protocol4)
 {
     qsrc *s = open_ok(TDIR "small-be.pt");
-    if (s) { check_small(s); qsrc_close(s); }
+    if (s) {
+        check_small(s);
+        CHECK(qsrc_map(s, 0) == NULL);      /* big-endian bytes are never handed out */
+        CHECK(qsrc_map(s, qsrc_find(s, "u8")) != NULL);
+        qsrc_close(s);
+    }
 }
 
 TEST(nested_state_dict)
