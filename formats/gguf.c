@@ -550,9 +550,12 @@ static int tensor_from_info(const gguf_tensor_info *ti, qs_tensor *t)
         return -1;
     if (dt != DT_INVALID)
         return 0;
-    /* block types: one "blocks" part [rows, row_bytes] */
-    int64_t rows = ti->ne[1] * ti->ne[2] * ti->ne[3];
-    int64_t pshape[2] = { rows, (int64_t)ggml_row_size(ti->type, ti->ne[0]) };
+    /* block types: one "blocks" part [rows, row_bytes] with rows = shape[0] and the
+     * rest one row (qs_tensor_rows/cols; for 2-D this is ggml's ne1 x row size;
+     * blocks never straddle ggml rows, so a 3-D row is whole ggml rows) */
+    int64_t rows = nd == 1 ? 1 : shape[0];
+    int64_t per_row = ti->ne[0] * ti->ne[1] * ti->ne[2] * ti->ne[3] / (rows ? rows : 1);
+    int64_t pshape[2] = { rows, (int64_t)ggml_row_size(ti->type, per_row) };
     t->nparts = 0;
     char tname[16];
     snprintf(tname, sizeof tname, "%s", ggml_qtype_traits(ti->type)->name);

@@ -94,7 +94,9 @@ const char *gguf_type_name(int value_type);
 /* The qsrc reader (source.h): tensors in file order with names as in the
  * file, shapes row-major. F32/F16/BF16 tensors are plain ("data" part of that
  * dtype); quantized ones have logical dtype f32 and one part "blocks" u8
- * [rows, row_bytes] with attrs {"quant": {"scheme": "gguf", "type": "q4_0"}}.
+ * [rows, row_bytes] (rows = shape[0], as qs_tensor_rows; 1-D: 1) with attrs
+ * {"quant": {"scheme": "gguf", "type": "q4_0"}} (type names lowercase:
+ * "q4_k", "q6_k"; ggml_qtype_from_name accepts them).
  * Header meta: "format": "gguf", "gguf_version", "gguf" (key → value) and
  * "gguf_types" (key → type name). read and map are supported. */
 qsrc *gguf_open(const char *path, char **errp);

@@ -8,6 +8,7 @@
 #include "gguf.h"
 #include "ggml_quants.h"
 #include "tokenizer.h"
+#include "dequant.h"
 
 #include <fcntl.h>
 #include <stdint.h>
@@ -316,6 +317,36 @@ TEST(write_read_roundtrip)
     free(h2);
     gguf_writer_free(g2);
     qsrc_close(s);
+    /* a 3-D quantized tensor: blocks [shape[0], rest], decoded by dequant.c */
+    {
+        gguf_writer *g3 = gguf_writer_new();
+        int64_t sh[] = { 2, 3, 64 };
+        float v[2 * 3 * 64], back[2 * 3 * 64];
+        uint8_t q8[2 * 3 * 68];
+        for (int i = 0; i < 2 * 3 * 64; i++) v[i] = cosf(0.3f * (float)i);
+        ggml_quantize_rows(GGML_T_Q8_0, v, q8, 6, 64, NULL);
+        CHECK(gguf_writer_add_tensor(g3, "moe", GGML_T_Q8_0, 3, sh, sizeof q8) == 0);
+        const char *p3 = tmp_path("3d");
+        int fd3 = open(p3, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        CHECK(gguf_writer_write_header(g3, fd3, &err) == 0);
+        CHECK(pwrite(fd3, q8, sizeof q8, (off_t)gguf_writer_data_offset(g3, 0)) == (ssize_t)sizeof q8);
+        CHECK(gguf_writer_finish(g3, fd3, &err) == 0);
+        close(fd3);
+        gguf_writer_free(g3);
+        qsrc *src3 = gguf_open(p3, &err);
+        CHECK(src3 != NULL);
+        if (src3) {
+            const qs_tensor *t = &src3->tensors[0];
+            CHECK(t->ndim == 3 && t->shape[0] == 2 && t->shape[1] == 3 && t->shape[2] == 64);
+            CHECK(t->parts[0].shape[0] == 2 && t->parts[0].shape[1] == 3 * 68);
+            float *y = tensor_to_f32(t, qsrc_map(src3, 0), sizeof q8, &err);
+            ggml_dequantize_row(GGML_T_Q8_0, q8, back, 2 * 3 * 64);
+            CHECK_MSG(y && memcmp(y, back, sizeof back) == 0, "%s", y ? "values" : err);
+            free(y);
+        }
+        qsrc_close(src3);
+        unlink(p3);
+    }
     /* qsrc_open dispatches a .gguf path to this reader */
     qsrc *sd = qsrc_open(path, &err);
     CHECK(sd && sd->ntensors == 4 && strcmp(json_string_value(json_object_get(sd->header.meta, "format")), "gguf") == 0);
