@@ -243,7 +243,7 @@ oom:
     free(sg.v);
     free(out.v);
     if (errp)
-        *errp = tk_errf("out of memory");
+        *errp = tk_errf("cannot tokenize: out of memory or regex match failure");
     return -1;
 }
 

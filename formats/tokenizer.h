@@ -57,8 +57,11 @@ tokenizer *tokenizer_load_dir(const char *model_dir, char **errp);
 int64_t tokenizer_encode(const tokenizer *tk, const char *text, size_t len, int add_bos,
                          uint32_t **ids, char **errp);
 /* Decode n ids to malloc'd NUL-terminated UTF-8, dropping special added
- * tokens when skip_special is non-zero. Returns NULL when an id is out of
- * range or unassigned, or on out of memory. */
+ * tokens when skip_special is non-zero; bytes that do not form UTF-8 become
+ * U+FFFD as HF does (one per byte under ByteFallback, one per maximal
+ * subpart under ByteLevel). A decoded NUL byte (e.g. "<0x00>") is kept but
+ * ends the C string early. Returns NULL when an id is out of range or
+ * unassigned, or on out of memory. */
 char *tokenizer_decode(const tokenizer *tk, const uint32_t *ids, size_t n, int skip_special);
 
 /* BOS / EOS ids, or -1 when the tokenizer has none. Can't fail. */

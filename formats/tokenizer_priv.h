@@ -141,8 +141,8 @@ struct tokenizer {
     char     *cont_prefix, *eow_suffix;   /* NULL if none */
     int64_t   byte_ids[256];      /* "<0xXX>" ids, -1 if absent */
 
-    /* added tokens: all, and per first byte the indices of non-normalized /
-     * normalized ones (for leftmost-longest matching) */
+    /* added tokens, in tokenizer.json order (their matching index lives in
+     * tokenizer.c) */
     tk_added *added;
     size_t    n_added;
 

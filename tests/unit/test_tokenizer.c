@@ -724,6 +724,27 @@ TEST(unk_fusing_and_rstrip)
     tokenizer_free(tk);
 }
 
+TEST(array_form_merges)
+{
+    /* newer tokenizer.json files write merges as pairs, which lets a token
+     * contain a space: ["a", " b"] → "a b" (id 3); then ["a b", "c"] → 4 */
+    static const char js[] =
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \" b\": 1, \"c\": 2, \"a b\": 3, \"a bc\": 4,"
+        " \" \": 5, \"b\": 6}, \"merges\": [[\" \", \"b\"], [\"a\", \" b\"], [\"a b\", \"c\"]]}}";
+    char *err = NULL;
+    tokenizer *tk = tokenizer_load(js, sizeof js - 1, NULL, 0, &err);
+    CHECK_MSG(tk, "%s", err ? err : "");
+    free(err);
+    if (!tk)
+        return;
+    /* "a bc": pairs (a,' ') none, (' ',b) rank 0, (b,c) none → a [ b] c;
+     * (a, b) rank 1 → [a b] c; ([a b], c) rank 2 → [a bc] */
+    CHECK(ids_equal(tk, "a bc", 0, IDS(4)));
+    const char **m = NULL;
+    CHECK(tokenizer_merges(tk, &m) == 3 && strcmp(m[1], "a  b") == 0);
+    tokenizer_free(tk);
+}
+
 int main(void)
 {
     RUN(eval_txt_matches_reference_ids);
@@ -740,5 +761,6 @@ int main(void)
     RUN(byte_fallback_decodes_invalid_bytes_per_byte);
     RUN(split_behaviours_follow_hf);
     RUN(unk_fusing_and_rstrip);
+    RUN(array_form_merges);
     return tl_summary();
 }
