@@ -82,6 +82,7 @@ static void pk_obj_free(pk_obj *o)
     case PK_TUPLE: case PK_LIST: free(o->u.seq.items); break;
     case PK_DICT: free(o->u.dict.keys); free(o->u.dict.vals); free(o->u.dict.slots); break;
     case PK_STORAGE: free(o->u.storage.key); break;
+    case PK_TENSOR: free(o->u.tensor.shape); break;
     default: break;
     }
     free(o);
@@ -620,6 +621,9 @@ static int pk_make_tensor(pk_doc *d, pk_obj **a, qdtype dtype, const char *fn)
     pk_obj *t = pk_new(d, PK_TENSOR);
     if (!t)
         return -1;
+    if (!(t->u.tensor.shape = calloc(2 * PK_MAX_DIMS, sizeof *t->u.tensor.shape)))
+        return pk_fail(d, "out of memory");
+    t->u.tensor.stride = t->u.tensor.shape + PK_MAX_DIMS;
     int nd = pk_int_tuple(a[2], t->u.tensor.shape);
     int ns = pk_int_tuple(a[3], t->u.tensor.stride);
     if (nd < 0 || ns < 0)

@@ -31,7 +31,7 @@
 #include <stdint.h>
 #include "dtype.h"
 
-#define PK_MAX_OBJECTS (1 << 22)
+#define PK_MAX_OBJECTS (1 << 20)     /* ~20 per tensor: 50k tensors; < 100 MB */
 #define PK_MAX_STACK   (1 << 20)
 #define PK_MAX_MARKS   64
 #define PK_MAX_DEPTH   64
@@ -85,8 +85,8 @@ struct pk_obj {
             qdtype   dtype;             /* element type of the tensor */
             int      ndim;
             int64_t  offset;            /* storage_offset, in elements of dtype */
-            int64_t  shape[PK_MAX_DIMS];
-            int64_t  stride[PK_MAX_DIMS];   /* in elements */
+            int64_t *shape;             /* [ndim] */
+            int64_t *stride;            /* [ndim], in elements (same allocation as shape) */
         } tensor;                       /* PK_TENSOR */
     } u;
 };

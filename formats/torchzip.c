@@ -37,7 +37,7 @@
 
 #define TZ_MAX_CD       (256u << 20)    /* central directory bytes */
 #define TZ_MAX_ENTRIES  (1u << 20)
-#define TZ_MAX_PICKLE   (1024u << 20)   /* data.pkl bytes */
+#define TZ_MAX_PICKLE   (256u << 20)    /* data.pkl bytes */
 #define TZ_MAX_INDEX    (64u << 20)     /* index.json bytes */
 #define TZ_EOCD_SCAN    (22u + 65535u)  /* EOCD + longest comment */
 
@@ -420,8 +420,8 @@ static char *tz_view_make(tz_impl *im, const pk_obj *t, tz_view *v)
     v->es = dtype_size(t->u.tensor.dtype);
     v->ndim = t->u.tensor.ndim;
     v->offset = t->u.tensor.offset;
-    memcpy(v->shape, t->u.tensor.shape, sizeof v->shape);
-    memcpy(v->stride, t->u.tensor.stride, sizeof v->stride);
+    memcpy(v->shape, t->u.tensor.shape, (size_t)v->ndim * sizeof *v->shape);
+    memcpy(v->stride, t->u.tensor.stride, (size_t)v->ndim * sizeof *v->stride);
     int ovf;
     uint64_t numel = tz_numel(v, &ovf);
     if (ovf || __builtin_mul_overflow(numel, (uint64_t)v->es, &v->nbytes) || v->nbytes > INT64_MAX)
@@ -704,6 +704,7 @@ static char *tz_add_tensors(qsrc *s, tz_impl *im, const pk_obj *sd)
             return qsrc_errf("tensor '%s': %d dims", k->u.str.s, val->u.tensor.ndim);
         }
         tz_view v;
+        memset(&v, 0, sizeof v);
         char *why = tz_view_make(im, val, &v);
         if (why) {
             char *m = qsrc_errf("tensor '%s': %s", k->u.str.s, why);
