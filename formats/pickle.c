@@ -256,7 +256,11 @@ static int pk_memo_put(pk_doc *d, uint64_t idx)
     pk_obj *top = pk_top(d);
     if (!top)
         return -1;
-    if (idx >= PK_MAX_MEMO)
+    /* The memo is a dense array. CPython numbers memo entries densely, one
+     * per pickled object; sparse indices are accepted while they stay within
+     * 64 Ki of twice the objects made so far, so the array stays
+     * proportional to the real work instead of to a hostile index. */
+    if (idx >= PK_MAX_MEMO || idx > 2 * (uint64_t)d->nobjs + 65536)
         return pk_fail(d, "memo index %llu too large", (unsigned long long)idx);
     if (idx >= d->capmemo) {
         size_t cap = d->capmemo ? d->capmemo : 64;

@@ -551,6 +551,9 @@ TEST(pickle_scalars_and_dicts)
     o = LOAD("]q\x05K\x01" "ah\x05\x86.", &d, &err);
     CHECK(o && o->kind == PK_TUPLE && o->u.seq.n == 2 && o->u.seq.items[0] == o->u.seq.items[1]);
     pickle_free(d);
+    o = LOAD("Nr\x00\xf0\x00\x00j\x00\xf0\x00\x00\x85.", &d, &err);   /* sparse memo index 61440 */
+    CHECK(o && o->kind == PK_TUPLE && o->u.seq.items[0]->kind == PK_NONE);
+    pickle_free(d);
     o = LOAD("\x80\x04\x8c\x01x\x94\x8c\x01y\x94h\x01h\x00\x86.", &d, &err);
     CHECK(o && o->kind == PK_TUPLE && strcmp(o->u.seq.items[0]->u.str.s, "y") == 0 &&
           strcmp(o->u.seq.items[1]->u.str.s, "x") == 0);
@@ -571,6 +574,7 @@ TEST(pickle_refusals)
         C("ccollections\nOrderedDict\nK\x01\x85R.", "OrderedDict() with arguments"),
         C("cos\nsys\x01tem\n.", "forbidden global 'os.sys?tem'"),
         C("h\x00.", "memo key 0 not found"),
+        C("Nr\x00\x00\x02\x00.", "memo index 131072 too large"),   /* no objects yet: >64Ki refused */
         C("\x80\x06.", "unsupported pickle protocol 6"),
         C("X\x05\x00\x00\x00" "ab", "truncated"),
         C("(t)Q.", "persistent id is not a 5-tuple"),
