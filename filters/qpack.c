@@ -9,12 +9,18 @@
  */
 #include "cli.h"
 #include "dequant.h"
+#include "ggml_quants.h"
+#include "gguf.h"
+#include "gguf_export.h"
+#include "stats.h"
+#include "tokenizer.h"
 #include "qstream.h"
 #include "safetensors.h"
 #include "source.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -30,12 +36,18 @@ static const char usage[] =
     "                           tensors are dequantized to this dtype\n"
     "  --max-shard-size SIZE    shard the weights (e.g. 5GB, 500MB) with model.safetensors.index.json\n"
     "  -i, --input FILE         read the stream from FILE instead of stdin\n"
+    "  --gguf TYPE              write a llama.cpp GGUF file instead: f32, f16, bf16, q8_0, q4_0, q4_1,\n"
+    "                           q5_0, q5_1, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k (type choices per tensor\n"
+    "                           as llama-quantize makes them; GGUF-quantized tensors pass as they are)\n"
+    "  --type-for GLOB=TYPE,... override the GGUF type of matching tensors (HF or GGUF names)\n"
+    "  --stats FILE             importance weights for GGUF quantization (qcal stats, like an imatrix)\n"
     "  --merge FILE...          read several streams (e.g. the parts of `qcat --shard K/N` runs)\n"
     "                           and write them as one checkpoint; must be the last option\n"
     "  -q, -v, --progress, --help, --version\n"
     "examples:\n"
     "  qcat model/ | qpack -o copy/\n"
-    "  qcat model/ | qpack --dtype bf16 --max-shard-size 2GB -o model-bf16/\n";
+    "  qcat model/ | qpack --dtype bf16 --max-shard-size 2GB -o model-bf16/\n"
+    "  qcat model/ | qpack --gguf q4_k_m --stats cal.qs -o model-q4_k_m.gguf\n";
 
 struct cmdline {
     const char *out;
@@ -43,6 +55,9 @@ struct cmdline {
     int nins;
     qdtype dtype;           /* DT_INVALID = keep */
     uint64_t max_shard;     /* 0 = no sharding */
+    const char *gguf;       /* GGUF file type, NULL = safetensors */
+    const char *type_for;   /* "glob=TYPE,..." */
+    const char *stats;      /* importance weights */
 };
 
 static void parse_cmdline(int argc, char **argv, struct cmdline *c)
@@ -55,6 +70,14 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && v) { c->out = v; i++; }
         else if ((!strcmp(a, "-i") || !strcmp(a, "--input")) && v) { c->ins = (const char **)&argv[i + 1]; i++; }
+        else if (!strcmp(a, "--gguf") && v) {
+            gguf_type_state st;
+            if (gguf_ftype_from_name(v, &st) < 0) usage_error("--gguf: unknown type '%s'", v);
+            c->gguf = v;
+            i++;
+        }
+        else if (!strcmp(a, "--type-for") && v) { c->type_for = v; i++; }
+        else if (!strcmp(a, "--stats") && v) { c->stats = v; i++; }
         else if (!strcmp(a, "--merge")) {
             c->ins = (const char **)&argv[i + 1];
             c->nins = argc - i - 1;
@@ -75,6 +98,8 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else usage_error("unknown option or missing value: '%s'", a);
     }
     if (!c->out) usage_error("no output given (-o PATH)");
+    if (c->gguf && (c->dtype || c->max_shard)) usage_error("--gguf does not go with --dtype or --max-shard-size");
+    if ((c->type_for || c->stats) && !c->gguf) usage_error("--type-for and --stats go with --gguf");
 }
 
 static int is_float(qdtype t) { return t == DT_F32 || t == DT_F16 || t == DT_BF16 || t == DT_F64; }
@@ -280,6 +305,237 @@ static int ends_with(const char *s, const char *suffix)
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
+/*-*** GGUF output ***/
+
+typedef struct {
+    char gname[64];         /* GGUF name, "" = not exported */
+    int  type;              /* ggml type */
+    int  qk_heads;          /* rows to permute HF → GGUF: head count, 0 = none */
+    int  passthrough;       /* already GGUF blocks of this type */
+    int  index;             /* writer index */
+} gguf_plan;
+
+static int config_int(const json_t *cfg, const char *key, int dflt)
+{
+    json_t *v = json_object_get(cfg, key);
+    return json_is_integer(v) ? (int)json_integer_value(v) : dflt;
+}
+
+/* "glob=TYPE,glob=TYPE": the type for name (HF or GGUF), or -1. */
+static int type_override(const char *spec, const char *hf, const char *gname)
+{
+    if (!spec) return -1;
+    char *copy = strdup(spec), *save = NULL;
+    int t = -1;
+    for (char *item = strtok_r(copy, ",", &save); item && t < 0; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strrchr(item, '=');
+        if (!eq) usage_error("--type-for: '%s' is not GLOB=TYPE", item);
+        *eq = 0;
+        int ty = ggml_qtype_from_name(eq + 1);
+        if (ty < 0) usage_error("--type-for: unknown type '%s'", eq + 1);
+        if (glob_list_match(item, hf) || glob_list_match(item, gname)) t = ty;
+    }
+    free(copy);
+    return t;
+}
+
+static const char *gguf_quant_type(const json_t *quant)
+{
+    const char *scheme = json_string_value(json_object_get(quant, "scheme"));
+    return scheme && !strcmp(scheme, "gguf") ? json_string_value(json_object_get(quant, "type")) : NULL;
+}
+
+static gguf_plan *plan_gguf(const struct cmdline *c, const qs_header *h, const json_t *cfg, gguf_writer *g, int n)
+{
+    gguf_type_state st = { 0 };
+    gguf_ftype_from_name(c->gguf, &st);
+    st.n_layer = config_int(cfg, "num_hidden_layers", 0);
+    int n_head = config_int(cfg, "num_attention_heads", 0);
+    int n_kv = config_int(cfg, "num_key_value_heads", n_head);
+    st.n_gqa = n_kv ? n_head / n_kv : 1;
+    st.has_imatrix = c->stats != NULL;
+    gguf_plan *p = calloc((size_t)n + 1, sizeof *p);
+    for (int i = 0; i < n; i++) {
+        json_t *e = json_array_get(h->manifest, i);
+        if (gguf_llama_name(json_string_value(json_object_get(e, "name")), p[i].gname, sizeof p[i].gname) == 0 &&
+            !strcmp(p[i].gname, "output.weight"))
+            st.has_output = 1;
+    }
+    for (int i = 0; i < n; i++) {
+        json_t *e = json_array_get(h->manifest, i);
+        const char *name = json_string_value(json_object_get(e, "name"));
+        json_t *sh = json_object_get(e, "shape");
+        int nd = (int)json_array_size(sh);
+        int64_t shape[QS_MAX_DIMS];
+        for (int d = 0; d < nd && d < QS_MAX_DIMS; d++) shape[d] = json_integer_value(json_array_get(sh, d));
+        p[i].index = -1;
+        if (gguf_llama_name(name, p[i].gname, sizeof p[i].gname) < 0) {
+            info_msg("tensor '%s': not part of a llama GGUF, dropped", name);
+            p[i].gname[0] = 0;
+            continue;
+        }
+        int64_t ne0 = nd ? shape[nd - 1] : 1;
+        const char *qt = gguf_quant_type(json_object_get(e, "quant"));
+        if (qt) {
+            p[i].type = ggml_qtype_from_name(qt);
+            p[i].passthrough = 1;
+        } else {
+            p[i].type = gguf_tensor_type(&st, p[i].gname, nd, ne0);
+            int o = type_override(c->type_for, name, p[i].gname);
+            if (o >= 0 && nd >= 2) p[i].type = o;
+        }
+        int kind = gguf_llama_qk_kind(name);
+        p[i].qk_heads = kind == 1 ? n_head : kind == 2 ? n_kv : 0;
+        uint64_t rows = nd >= 2 ? (uint64_t)qs_numel(nd - 1, shape) : 1;
+        size_t rb = ggml_row_size(p[i].type, ne0);
+        if (!rb) die("tensor '%s': rows of %lld values do not fit GGUF type %s", name, (long long)ne0,
+                     ggml_qtype_traits(p[i].type)->name);
+        p[i].index = gguf_writer_add_tensor(g, p[i].gname, p[i].type, nd, shape, rb * rows);
+        if (p[i].index < 0) die("tensor '%s': %s", name, gguf_writer_error(g));
+    }
+    gguf_writer_set_kv_u32(g, "general.file_type", (uint32_t)st.ftype);
+    if (st.default_type != GGML_T_F32 && st.default_type != GGML_T_F16 && st.default_type != GGML_T_BF16)
+        gguf_writer_set_kv_u32(g, "general.quantization_version", 2);
+    return p;
+}
+
+/* general.size_label as gguf-py writes it (model_weight_count_rounded_notation,
+ * min_digits 2): "3.7M", "6.7B". */
+static void gguf_size_label(const qs_header *h, char *out, size_t len)
+{
+    double n = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(h->manifest, i, e) {
+        double k = 1;
+        size_t j;
+        json_t *d;
+        json_array_foreach(json_object_get(e, "shape"), j, d) k *= (double)json_integer_value(d);
+        n += k;
+    }
+    const char *suffix = "K";
+    double scaled = n * 1e-3;
+    if (n > 1e12) { scaled = n * 1e-12; suffix = "T"; }
+    else if (n > 1e9) { scaled = n * 1e-9; suffix = "B"; }
+    else if (n > 1e6) { scaled = n * 1e-6; suffix = "M"; }
+    char digits[64];
+    snprintf(digits, sizeof digits, "%.0f", nearbyint(scaled));
+    int fix = 2 - (int)strlen(digits + strspn(digits, "0"));
+    snprintf(out, len, "%.*f%s", fix > 0 ? fix : 0, scaled, suffix);
+}
+
+static void gguf_metadata(gguf_writer *g, const qs_header *h, const struct cmdline *c)
+{
+    const qs_file *cfg = qs_header_file(h, "config.json");
+    char *err = NULL;
+    if (!cfg) die("the stream carries no config.json: GGUF needs the model's hyper-parameters");
+    if (gguf_llama_metadata(g, (const char *)cfg->data, cfg->len, &err) < 0) die_free(err);
+    const char *base = strrchr(c->out, '/') ? strrchr(c->out, '/') + 1 : c->out;
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(strcspn(base, ".")), base);
+    gguf_writer_set_kv_str(g, "general.name", name);
+    char label[32];
+    gguf_size_label(h, label, sizeof label);
+    gguf_writer_set_kv_str(g, "general.size_label", label);
+    const qs_file *tj = qs_header_file(h, "tokenizer.json"), *tc = qs_header_file(h, "tokenizer_config.json");
+    if (tj) {
+        tokenizer *tk = tokenizer_load((const char *)tj->data, tj->len, tc ? (const char *)tc->data : NULL,
+                                       tc ? tc->len : 0, &err);
+        if (!tk) die("tokenizer.json: %s", err);
+        if (gguf_set_tokenizer(g, tk, &err) < 0) die_free(err);
+        tokenizer_free(tk);
+    } else {
+        warn_msg("the stream carries no tokenizer.json: the GGUF will have no tokenizer");
+    }
+    char *prov = json_dumps(h->provenance, JSON_COMPACT);
+    gguf_writer_set_kv_str(g, "qpipe.provenance", prov);
+    free(prov);
+}
+
+/* Encode one tensor into its GGUF type at off. */
+static void gguf_tensor(qs_reader *r, const qs_tensor *t, const gguf_plan *p, const stats *st, int fd, uint64_t off)
+{
+    size_t len;
+    uint8_t *data = qs_reader_read_all(r, &len);
+    if (!data) die("%s", qs_reader_error(r));
+    int64_t rows = qs_tensor_rows(t), cols = qs_tensor_cols(t);
+    size_t rb = ggml_row_size(p->type, cols);
+    uint8_t *out = malloc(rb * (size_t)rows + 1);
+    if (p->passthrough) {
+        if (len != rb * (size_t)rows) die("tensor '%s': GGUF blocks of the wrong size", t->name);
+        if (p->qk_heads) {                   /* permute whole rows of blocks */
+            int64_t hd = rows / p->qk_heads;
+            for (int64_t h = 0; h < p->qk_heads; h++)
+                for (int64_t j = 0; j < hd / 2; j++)
+                    for (int64_t k = 0; k < 2; k++)
+                        memcpy(out + (size_t)(h * hd + 2 * j + k) * rb, data + (size_t)(h * hd + k * hd / 2 + j) * rb, rb);
+        } else {
+            memcpy(out, data, len);
+        }
+    } else {
+        char *err = NULL;
+        float *f = tensor_to_f32(t, data, len, &err);
+        if (!f) die_free(err);
+        if (p->qk_heads) {
+            float *pf = malloc((size_t)(rows * cols) * sizeof *pf);
+            gguf_permute_qk_rows(f, pf, rows, cols, p->qk_heads);
+            free(f);
+            f = pf;
+        }
+        size_t ni = 0;
+        const float *imat = st ? stats_get(st, t->name, "x2_mean", &ni) : NULL;
+        if (imat && ni != (size_t)cols) imat = NULL;
+        if (p->type == GGML_T_F32 || p->type == GGML_T_F16 || p->type == GGML_T_BF16) {
+            qdtype dt = p->type == GGML_T_F32 ? DT_F32 : p->type == GGML_T_F16 ? DT_F16 : DT_BF16;
+            dtype_from_f32(dt, f, out, (size_t)(rows * cols));
+        } else if (ggml_quantize_rows(p->type, f, out, rows, cols, imat) != rb * (size_t)rows) {
+            die("tensor '%s': cannot quantize to %s", t->name, ggml_qtype_traits(p->type)->name);
+        }
+        free(f);
+    }
+    pwrite_or_die(fd, out, rb * (size_t)rows, off, "gguf");
+    free(out);
+    free(data);
+}
+
+static void write_gguf(const struct cmdline *c, qs_reader **rs, const qs_header *h)
+{
+    int n = (int)json_array_size(h->manifest);
+    const qs_file *cf = qs_header_file(h, "config.json");
+    json_t *cfg = cf ? json_loadb((const char *)cf->data, cf->len, 0, NULL) : NULL;
+    gguf_writer *g = gguf_writer_new();
+    gguf_metadata(g, h, c);
+    gguf_plan *p = plan_gguf(c, h, cfg, g, n);
+    stats *st = NULL;
+    char *err = NULL;
+    if (c->stats && !(st = stats_open(c->stats, &err))) die_free(err);
+    out_file o;
+    out_create(&o, c->out);
+    if (gguf_writer_write_header(g, o.fd, &err) < 0) die_free(err);
+    progress_start((uint64_t)n, 0);
+    int i = 0;
+    for (int k = 0; k < c->nins; k++) {
+        const qs_tensor *t;
+        int rc;
+        while ((rc = qs_reader_next(rs[k], &t)) == 1) {
+            json_t *e = json_array_get(h->manifest, i);
+            if (i >= n || strcmp(t->name, json_string_value(json_object_get(e, "name"))) != 0)
+                die("%s: tensor '%s' is not the one the manifest announced next", c->ins[k], t->name);
+            if (p[i].index >= 0) gguf_tensor(rs[k], t, &p[i], st, o.fd, gguf_writer_data_offset(g, p[i].index));
+            progress_update((uint64_t)++i, qs_reader_offset(rs[k]));
+        }
+        if (rc < 0) die("%s", qs_reader_error(rs[k]));
+    }
+    if (i != n) die("stream ended after %d of the %d tensors its manifest announced", i, n);
+    progress_end();
+    if (gguf_writer_finish(g, o.fd, &err) < 0) die_free(err);
+    out_commit(&o);
+    if (st) stats_close(st);
+    gguf_writer_free(g);
+    json_decref(cfg);
+    free(p);
+}
+
 /* Open every input and build one header: the first input's, with the other
  * inputs' manifests appended and their carried files added. */
 static qs_reader **open_inputs(const struct cmdline *c, qs_header *h, int argc, char **argv)
@@ -321,6 +577,13 @@ int main(int argc, char **argv)
 
     qs_header h;
     qs_reader **rs = open_inputs(&c, &h, argc, argv);
+    if (c.gguf) {
+        write_gguf(&c, rs, &h);
+        for (int k = 0; k < c.nins; k++) qs_reader_close(rs[k]);
+        free(rs);
+        qs_header_clear(&h);
+        return EXIT_OK;
+    }
     int n = (int)json_array_size(h.manifest);
     qs_tensor *ts = calloc((size_t)n + 1, sizeof *ts);
     for (int i = 0; i < n; i++) stored_form(&c, json_array_get(h.manifest, i), &ts[i]);

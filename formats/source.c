@@ -13,11 +13,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Readers written in other files; weak so a build without one still links
- * (qsrc_open then reports the format as unsupported). */
-#pragma weak torch_open
-#pragma weak torch_open_index
-#pragma weak gguf_open
 
 char *qsrc_errf(const char *fmt, ...)
 {
@@ -204,20 +199,15 @@ qsrc *qsrc_open(const char *path, char **errp)
     }
     if (ends_with(path, ".index.json")) {
         if (strstr(path, ".safetensors.index.json")) return safetensors_open_index(path, errp);
-        if (torch_open_index) return torch_open_index(path, errp);
-        *errp = qsrc_errf("%s: PyTorch index files are not supported by this build", path);
-        return NULL;
+        return torch_open_index(path, errp);
     }
     if (k >= 4 && memcmp(m, "GGUF", 4) == 0) {
-        if (gguf_open) return gguf_open(path, errp);
-        *errp = qsrc_errf("%s: GGUF is not supported by this build", path);
-        return NULL;
+        qsrc *g = gguf_open(path, errp);
+        return g ? gguf_hf_view(g, errp) : NULL;
     }
     int is_zip = k >= 4 && memcmp(m, "PK\3\4", 4) == 0;
     if (is_zip && !ends_with(path, ".zip")) {
-        if (torch_open) return torch_open(path, errp);
-        *errp = qsrc_errf("%s: PyTorch checkpoints are not supported by this build", path);
-        return NULL;
+        return torch_open(path, errp);
     }
     int is_archive = is_zip || (k >= 2 && m[0] == 0x1f && m[1] == 0x8b) ||
                      (k >= 4 && memcmp(m, "\x28\xb5\x2f\xfd", 4) == 0) || (k >= 3 && memcmp(m, "BZh", 3) == 0) ||

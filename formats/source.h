@@ -65,6 +65,10 @@ qsrc *safetensors_open_index(const char *path, char **errp);  /* sharded index *
 qsrc *torch_open(const char *path, char **errp);              /* formats/torchzip.c */
 qsrc *torch_open_index(const char *path, char **errp);        /* pytorch_model.bin.index.json */
 qsrc *gguf_open(const char *path, char **errp);               /* formats/gguf.c */
+/* A llama GGUF source seen with HF names, q/k rows in HF order and a
+ * config.json (formats/gguf_hfview.c); other GGUFs are returned as they are.
+ * Takes ownership of g (closed on error). */
+qsrc *gguf_hf_view(qsrc *g, char **errp);
 qsrc *archive_open(const char *path, char **errp);            /* formats/archive.c */
 
 #endif

@@ -5,6 +5,7 @@ set -o pipefail
 ROOT="$(cd "$BATS_TEST_DIRNAME/../.." && pwd)"
 PATH="$ROOT/bin:$PATH"
 DATA="$ROOT/tests/data"
+export ROOT DATA
 
 setup() {
     T="$BATS_TEST_TMPDIR"

@@ -1,0 +1,106 @@
+#!/usr/bin/env bats
+# tests: qpack --gguf, qcat of GGUF
+# requires: qcat (an independent python GGUF parser, tests/tools/gguf_facts.py, checks the files)
+load helpers
+
+facts() { python3 "$ROOT/tests/tools/gguf_facts.py" "$@"; }
+
+@test "qpack --gguf f32 writes a GGUF v3 whose layout an independent parser accepts" {
+    qcat "$DATA/ts3m-bf16" | qpack --gguf f32 -o m.gguf
+    facts m.gguf --tensors --kv > f.txt
+    grep -q '^version 3 tensors 39 ' f.txt
+    # every tensor offset and the data section are 32-byte aligned, data ends the file
+    python3 - <<'PY'
+import re
+lines = open("f.txt").read().splitlines()
+offs = [int(l.split()[-1]) for l in lines if l.startswith("tensor ")]
+assert all(o % 32 == 0 for o in offs), offs
+m = re.search(r"data_start (\d+) file_size (\d+)", lines[-1])
+assert int(m.group(1)) % 32 == 0
+types = {l.split()[2] for l in lines if l.startswith("tensor ")}
+assert types == {"0"}, types
+PY
+}
+
+@test "the GGUF has llama.cpp's tensor names and metadata keys" {
+    qcat "$DATA/ts3m-bf16" | qpack --gguf q8_0 -o m.gguf
+    facts m.gguf --tensors --kv | awk '$1=="tensor" {print $2}' | sort > ours
+    facts "$DATA/gguf/ts3m-q4_k_m.header" --tensors | awk '$1=="tensor" {print $2}' | sort > theirs
+    diff ours theirs
+    facts m.gguf --kv | awk '$1=="kv" {print $2}' | sort > ourkv
+    facts "$DATA/gguf/ts3m-q4_k_m.header" --kv | awk '$1=="kv" {print $2}' | sort > theirkv
+    # every key llama.cpp wrote is there (ours adds qpipe.provenance)
+    comm -13 ourkv theirkv > missing
+    [ ! -s missing ] || { cat missing; false; }
+}
+
+@test "qpack --gguf q4_k_m chooses the same per-tensor types as llama-quantize" {
+    qcat "$DATA/ts3m-bf16" | qpack --gguf q4_k_m -o m.gguf
+    facts m.gguf --tensors | awk '$1=="tensor" {print $2, $3}' | sort > ours
+    facts "$DATA/gguf/ts3m-q4_k_m.header" --tensors | awk '$1=="tensor" {print $2, $3}' | sort > theirs
+    diff ours theirs
+}
+
+@test "q4_0 keeps norms in F32 and puts the output in Q6_K, like llama-quantize" {
+    qcat "$DATA/ts3m-bf16" | qpack --gguf q4_0 -o m.gguf
+    facts m.gguf --tensors > f.txt
+    grep -q '^tensor output.weight 14 ' f.txt
+    grep -q '^tensor output_norm.weight 0 ' f.txt
+    grep -q '^tensor blk.0.attn_q.weight 2 ' f.txt
+    grep -q '^tensor token_embd.weight 2 ' f.txt
+}
+
+@test "--type-for overrides the type of matching tensors" {
+    qcat "$DATA/ts3m-bf16" | qpack --gguf q4_0 --type-for '*ffn_down*=q8_0' -o m.gguf
+    facts m.gguf --tensors > f.txt
+    grep -q '^tensor blk.2.ffn_down.weight 8 ' f.txt
+    grep -q '^tensor blk.2.ffn_up.weight 2 ' f.txt
+}
+
+@test "qcat reads an F32 GGUF back into the HF tensors it came from (names, q/k row order)" {
+    qcat "$DATA/ts3m-bf16" | qpack --dtype f32 -o ref.safetensors
+    qcat "$DATA/ts3m-bf16" | qpack --gguf f32 -o m.gguf
+    qcat m.gguf | qpack -o back.safetensors
+    same_tensors ref.safetensors back.safetensors
+}
+
+@test "qcat of a GGUF carries a config.json the engine can use" {
+    qcat "$DATA/ts3m-bf16" | qpack --gguf f16 -o m.gguf
+    qcat m.gguf | qpack -o back/
+    python3 - <<'PY'
+import json
+a = json.load(open("back/config.json"))
+ref = json.load(open(__import__("os").environ["DATA"] + "/ts3m-bf16/config.json"))
+for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size"):
+    assert a[k] == ref[k], (k, a[k], ref[k])
+assert abs(a["rms_norm_eps"] - ref["rms_norm_eps"]) < 1e-9 and a["tie_word_embeddings"] is False
+PY
+}
+
+@test "qcat dequantizes a Q8_0 GGUF through qpack --dtype f32 close to the original" {
+    qcat "$DATA/ts3m-bf16" | qpack --dtype f32 -o ref.safetensors
+    qcat "$DATA/ts3m-bf16" | qpack --gguf q8_0 -o m.gguf
+    qcat m.gguf | qpack --dtype f32 -o back.safetensors
+    python3 - <<'PY'
+import json, struct, array, math
+def load(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8+n]); h.pop("__metadata__", None)
+    return {k: array.array("f", b[8+n+v["data_offsets"][0]:8+n+v["data_offsets"][1]]) for k, v in h.items()}
+a, b = load("ref.safetensors"), load("back.safetensors")
+assert set(a) == set(b)
+for k in a:
+    num = sum((x - y) ** 2 for x, y in zip(a[k], b[k])); den = sum(x * x for x in a[k]) or 1
+    assert math.sqrt(num / den) < 0.01, (k, math.sqrt(num / den))
+PY
+}
+
+@test "qpack --gguf refuses a stream without config.json and leaves no file" {
+    qcat "$DATA/stories260k/model.safetensors" > s.qs
+    fails_cleanly "qpack --gguf q8_0 -o m.gguf < s.qs"
+    [[ "$ERR" == *config.json* ]]
+    [ ! -e m.gguf ]
+}
+
+@test "qpack refuses an unknown GGUF type" {
+    fails_cleanly "qpack --gguf q9_9 -o m.gguf < /dev/null"
+}
