@@ -4,7 +4,8 @@
  * everywhere, triple loops, whole-sequence attention, written straight from
  * transformers' modeling_llama.py (LlamaRMSNorm, rotate_half, repeat_kv,
  * LlamaMLP). It shares nothing with the engine but the weight reader.
- * Supports optional q/k/v biases; no rope scaling (test models use none).
+ * Supports optional q/k/v biases and Llama-3 rope scaling (set l3_factor etc.
+ * after ref_build; formula from modeling_rope_utils.py _compute_llama3_parameters).
  * Used by test_llama.c (logits, perplexity) and test_stats.c (the input of a
  * linear layer, for Hessian checks). Include in one .c file only.
  */
@@ -26,6 +27,7 @@ typedef struct {
 typedef struct {
     int L, dim, hid, nh, nkv, hd, vocab;
     double eps, theta;
+    double l3_factor, l3_low, l3_high, l3_orig;   /* Llama-3 rope scaling; factor 0 = none */
     double *emb, *norm, *head;              /* (vocab, dim), (dim), (vocab, dim) */
     ref_layer *ly;
 } ref_model;
@@ -95,15 +97,29 @@ static void ref_rmsnorm(double *y, const double *x, const double *w, int n, int 
     }
 }
 
+/* frequency of rotary pair i: theta^(-2i/hd), Llama-3 scaled when asked:
+ * wavelengths above orig/low are slowed by factor, those below orig/high kept,
+ * in between interpolated linearly in orig/wavelength */
+static double ref_freq(const ref_model *m, int i, int hd)
+{
+    double f = pow(m->theta, -(2.0 * i) / hd);
+    if (m->l3_factor == 0) return f;
+    double wl = 2 * M_PI / f;
+    if (wl < m->l3_orig / m->l3_high) return f;
+    if (wl > m->l3_orig / m->l3_low) return f / m->l3_factor;
+    double a = (m->l3_orig / wl - m->l3_low) / (m->l3_high - m->l3_low);
+    return (1 - a) * f / m->l3_factor + a * f;
+}
+
 /* rotate_half on every head of v (n, heads, hd): position t = row t */
-static void ref_rope(double *v, int n, int heads, int hd, double theta)
+static void ref_rope(const ref_model *m, double *v, int n, int heads, int hd)
 {
     int h2 = hd / 2;
     for (int t = 0; t < n; t++)
         for (int h = 0; h < heads; h++) {
             double *r = v + (t * heads + h) * hd, tmp[1024];
             for (int i = 0; i < hd; i++) {
-                double ang = t * pow(theta, -(2.0 * (i % h2)) / hd);
+                double ang = t * ref_freq(m, i % h2, hd);
                 double rot = i < h2 ? -r[i + h2] : r[i - h2];
                 tmp[i] = r[i] * cos(ang) + rot * sin(ang);
             }
@@ -131,8 +147,8 @@ static void ref_forward(const ref_model *m, const uint32_t *tok, int n, double *
         ref_linear(q, xn, ly->wq, ly->bq, n, D, qd);
         ref_linear(k, xn, ly->wk, ly->bk, n, D, kvd);
         ref_linear(v, xn, ly->wv, ly->bv, n, D, kvd);
-        ref_rope(q, n, m->nh, hd, m->theta);
-        ref_rope(k, n, m->nkv, hd, m->theta);
+        ref_rope(m, q, n, m->nh, hd);
+        ref_rope(m, k, n, m->nkv, hd);
         for (int h = 0; h < m->nh; h++) {
             int kh = h / (m->nh / m->nkv);
             for (int t = 0; t < n; t++) {

@@ -350,6 +350,42 @@ TEST(synthetic_qwen2_biases_gqa_untied_head_match_float64)
     llama_free(m);
 }
 
+TEST(llama3_rope_scaling_matches_float64)
+{
+    syn_model sm = { .dim = 32, .hid = 40, .nh = 4, .nkv = 2, .vocab = 50, .L = 2 };
+    char *base = syn_config(&sm, "llama", sm.dim), *cfg = NULL, *err = NULL;
+    base[strlen(base) - 1] = 0;     /* drop the closing brace, add rope_scaling */
+    if (asprintf(&cfg, "%s, \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0,"
+                 " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0,"
+                 " \"original_max_position_embeddings\": 256}}", base) < 0) abort();
+    free(base);
+    llama_model *m = llama_load(cfg, strlen(cfg), syn_get, &sm, &err);
+    CHECK_MSG(m != NULL, "%s", err ? err : "");
+    free(cfg);
+    if (!m) { free(err); return; }
+    /* head_dim 8, theta 500: wavelengths 6.3, 29, 140, 660 against 64 / 256: kept, kept, mixed, slowed */
+    ref_model *r = ref_build(sm.L, sm.dim, sm.hid, sm.nh, sm.nkv, sm.vocab, 1e-6, 500, 0, syn_get_d, &sm);
+    r->l3_factor = 8; r->l3_low = 1; r->l3_high = 4; r->l3_orig = 256;
+    uint32_t tok[40];
+    for (int i = 0; i < 40; i++) tok[i] = (uint32_t)(i * 11 % sm.vocab);
+    float lg[40 * 50];
+    double rl[40 * 50];
+    llama_state *s = llama_state_new(m, 40, 40, &err);
+    CHECK(s && llama_eval(m, s, tok, 40, lg, 0, &err) == 0);
+    ref_forward(r, tok, 40, rl, -1, NULL);
+    double maxd = 0;
+    for (int i = 0; i < 40 * 50; i++) maxd = fmax(maxd, fabs(rl[i] - lg[i]));
+    CHECK_MSG(maxd < 1e-4, "max diff %g", maxd);
+    r->l3_factor = 0;               /* unscaled rotary is measurably different */
+    ref_forward(r, tok, 40, rl, -1, NULL);
+    double d2 = 0;
+    for (int i = 0; i < 40 * 50; i++) d2 = fmax(d2, fabs(rl[i] - lg[i]));
+    CHECK(d2 > 100 * maxd);
+    llama_state_free(s);
+    ref_free(r);
+    llama_free(m);
+}
+
 /* ------------------------------------------------------------------------
  * errors */
 
@@ -429,6 +465,7 @@ int main(void)
     RUN(results_do_not_depend_on_threads_or_batching);
     RUN(ts3m_greedy_continuation_of_once_upon_a_time);
     RUN(synthetic_qwen2_biases_gqa_untied_head_match_float64);
+    RUN(llama3_rope_scaling_matches_float64);
     RUN(config_contradicting_shapes_is_an_error);
     RUN(unknown_architecture_and_bad_config_are_errors);
     RUN(eval_rejects_bad_tokens_and_overflow);
