@@ -93,6 +93,8 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
     if (!c->nmodels) usage_error("no model given");
     if (c->text && c->tokens && !c->generate) usage_error("--text and --tokens exclude each other");
     if (c->prompt && !c->generate) usage_error("--prompt goes with --generate");
+    if (c->generate && (c->text || (c->prompt && c->tokens)))
+        usage_error("--generate takes its prompt from --prompt TEXT or --tokens FILE");
     if (c->generate && c->nmodels != 1) usage_error("--generate takes one model");
     if (c->kl && (c->nmodels != 2 || (!c->text && !c->tokens)))
         usage_error("--kl needs two models and --text or --tokens");
