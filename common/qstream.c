@@ -208,8 +208,9 @@ int qs_header_manifest_add(qs_header *h, const qs_tensor *t)
 {
     json_t *e = json_pack("{s:s, s:s, s:o, s:I}", "name", t->name, "dtype", dtype_name(t->dtype),
                           "shape", shape_json(t->ndim, t->shape), "nbytes", (json_int_t)qs_tensor_nbytes(t));
-    if (e && t->attrs && json_object_get(t->attrs, "quant"))
-        json_object_set(e, "quant", json_object_get(t->attrs, "quant"));
+    static const char *carried[] = { "quant", "alias" };   /* attrs a sink needs before the data */
+    for (size_t i = 0; e && t->attrs && i < sizeof carried / sizeof *carried; i++)
+        if (json_object_get(t->attrs, carried[i])) json_object_set(e, carried[i], json_object_get(t->attrs, carried[i]));
     return e ? json_array_append_new(h->manifest, e) : -1;
 }
 
@@ -468,9 +469,56 @@ static int rd_frame(qs_reader *r, int *kind, uint8_t **info, size_t *info_len)
     return 0;
 }
 
+/* Walk one msgpack object at p (len bytes left) without allocating: every
+ * length must fit the bytes left, and arrays/maps may not claim more
+ * elements than there are bytes (each takes at least one), nor nest deeper
+ * than 64. msgpack-c would allocate the claimed count first, so a 30-byte
+ * hostile frame could ask for gigabytes. Returns bytes used, or 0 if bad. */
+static size_t mp_check(const uint8_t *p, size_t len, int depth)
+{
+    if (!len || depth > 64) return 0;
+    uint8_t c = p[0];
+    uint64_t n = 0, elems = 0;
+    size_t hdr = 1;
+    if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) return 1;
+    if ((c & 0xe0) == 0xa0) n = c & 0x1f;                       /* fixstr */
+    else if ((c & 0xf0) == 0x90) elems = c & 0x0f;              /* fixarray */
+    else if ((c & 0xf0) == 0x80) elems = 2u * (c & 0x0f);       /* fixmap */
+    else {
+        static const uint8_t fixed[] = { [0xca - 0xc4] = 4, [0xcb - 0xc4] = 8, [0xcc - 0xc4] = 1, [0xcd - 0xc4] = 2,
+                                         [0xce - 0xc4] = 4, [0xcf - 0xc4] = 8, [0xd0 - 0xc4] = 1, [0xd1 - 0xc4] = 2,
+                                         [0xd2 - 0xc4] = 4, [0xd3 - 0xc4] = 8 };
+        if (c >= 0xca && c <= 0xd3) return (size_t)fixed[c - 0xc4] + 1 <= len ? (size_t)fixed[c - 0xc4] + 1 : 0;
+        int w;
+        switch (c) {
+        case 0xc4: case 0xd9: w = 1; break;                     /* bin8, str8 */
+        case 0xc5: case 0xda: case 0xdc: case 0xde: w = 2; break;
+        case 0xc6: case 0xdb: case 0xdd: case 0xdf: w = 4; break;
+        default: return 0;                                      /* ext types and the reserved 0xc1: refused */
+        }
+        if (len < 1 + (size_t)w) return 0;
+        for (int i = 0; i < w; i++) n = n << 8 | p[1 + i];
+        hdr = 1 + (size_t)w;
+        if (c == 0xdc || c == 0xdd) { elems = n; n = 0; }
+        else if (c == 0xde || c == 0xdf) { elems = 2 * n; n = 0; }
+    }
+    if (elems) {
+        if (elems > len - hdr) return 0;
+        size_t used = hdr;
+        for (uint64_t i = 0; i < elems; i++) {
+            size_t k = mp_check(p + used, len - used, depth + 1);
+            if (!k) return 0;
+            used += k;
+        }
+        return used;
+    }
+    return n <= len - hdr ? hdr + (size_t)n : 0;
+}
+
 static int unpack_info(qs_reader *r, const uint8_t *info, size_t len, msgpack_unpacked *u)
 {
     msgpack_unpacked_init(u);
+    if (mp_check(info, len, 0) != len) return rd_fail(r, "corrupt stream: undecodable frame info");
     size_t off = 0;
     if (msgpack_unpack_next(u, (const char *)info, len, &off) != MSGPACK_UNPACK_SUCCESS || off != len ||
         u->data.type != MSGPACK_OBJECT_MAP) {

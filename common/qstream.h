@@ -100,7 +100,8 @@ int      qs_header_add_provenance(qs_header *h, const char *prog, const char *ve
 /* Add (copy) a carried file; replaces one of the same name. -1 on OOM. */
 int      qs_header_add_file(qs_header *h, const char *name, const void *data, size_t len);
 const qs_file *qs_header_file(const qs_header *h, const char *name);  /* NULL if absent */
-/* Append a manifest entry for t (name, dtype, shape, parts' nbytes). */
+/* Append a manifest entry for t (name, dtype, shape, parts' nbytes, and the
+ * attrs "quant" and "alias" that sinks need before the data). */
 int      qs_header_manifest_add(qs_header *h, const qs_tensor *t);
 
 /*-*** Reader ***/

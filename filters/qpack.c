@@ -190,6 +190,7 @@ static json_t *st_metadata(const qs_header *h)
     char *prov = json_dumps(h->provenance, JSON_COMPACT);
     json_object_set_new(md, "qpipe.provenance", json_string(prov));
     free(prov);
+    json_object_update(md, json_object_get(h->meta, "qpack_aliases"));
     return md;
 }
 
@@ -584,9 +585,23 @@ int main(int argc, char **argv)
         qs_header_clear(&h);
         return EXIT_OK;
     }
-    int n = (int)json_array_size(h.manifest);
-    qs_tensor *ts = calloc((size_t)n + 1, sizeof *ts);
-    for (int i = 0; i < n; i++) stored_form(&c, json_array_get(h.manifest, i), &ts[i]);
+    /* aliases (a stats stream's shared inputs) become "alias:<name>" metadata */
+    int nm = (int)json_array_size(h.manifest), n = 0;
+    qs_tensor *ts = calloc((size_t)nm + 1, sizeof *ts);
+    int *slot = calloc((size_t)nm + 1, sizeof *slot);
+    json_t *aliases = json_object();
+    for (int i = 0; i < nm; i++) {
+        json_t *e = json_array_get(h.manifest, i), *al = json_object_get(e, "alias");
+        slot[i] = al ? -1 : n;
+        if (al) {
+            char key[600];
+            snprintf(key, sizeof key, "alias:%s", json_string_value(json_object_get(e, "name")) ?: "");
+            json_object_set(aliases, key, al);
+        } else {
+            stored_form(&c, e, &ts[n++]);
+        }
+    }
+    json_object_set_new(h.meta, "qpack_aliases", aliases);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < i; j++)
             if (!strcmp(ts[i].name, ts[j].name)) die("tensor '%s' appears twice in the input", ts[i].name);
@@ -599,21 +614,24 @@ int main(int argc, char **argv)
     plan_shards(ts, n, c.max_shard, &L);
     if (!single) out_dir_create(&dir, c.out);
     write_headers(ts, n, &h, &L, &dir, single ? c.out : NULL);
-    progress_start((uint64_t)n, 0);
-    int i = 0;
+    progress_start((uint64_t)nm, 0);
+    int m = 0;
     for (int k = 0; k < c.nins; k++) {
         const qs_tensor *t;
         int rc;
         while ((rc = qs_reader_next(rs[k], &t)) == 1) {
-            if (i >= n || strcmp(t->name, ts[i].name) != 0)
+            const char *want = m < nm ? json_string_value(json_object_get(json_array_get(h.manifest, m), "name")) : NULL;
+            if (!want || strcmp(t->name, want) != 0)
                 die("%s: tensor '%s' is not the one the manifest announced next ('%s')", c.ins[k], t->name,
-                    i < n ? ts[i].name : "none");
-            pack_tensor(rs[k], t, &ts[i], L.files[L.shard_of[i]].fd, L.offset[i], L.names[L.shard_of[i]]);
-            progress_update((uint64_t)++i, qs_reader_offset(rs[k]));
+                    want ? want : "none");
+            int i = slot[m++];
+            if (i >= 0) pack_tensor(rs[k], t, &ts[i], L.files[L.shard_of[i]].fd, L.offset[i], L.names[L.shard_of[i]]);
+            else if (qs_tensor_nbytes(t)) die("tensor '%s': an alias with data", t->name);
+            progress_update((uint64_t)m, qs_reader_offset(rs[k]));
         }
         if (rc < 0) die("%s", qs_reader_error(rs[k]));
     }
-    if (i != n) die("%s: stream ended after %d of the %d tensors its manifest announced", c.ins[c.nins - 1], i, n);
+    if (m != nm) die("%s: stream ended after %d of the %d tensors its manifest announced", c.ins[c.nins - 1], m, nm);
     progress_end();
 
     /* commit: shard files, index, carried files, then the directory */
@@ -628,5 +646,6 @@ int main(int argc, char **argv)
     qs_header_clear(&h);
     for (int k = 0; k < n; k++) qs_tensor_clear(&ts[k]);
     free(ts);
+    free(slot);
     return EXIT_OK;
 }
