@@ -379,7 +379,7 @@ static int pack_gptq(const pack_in *p, void *const outs[], char **errp)
     memset(outs[0], 0, (size_t)(cols * b / 32 * rows) * 4);
     for (int64_t r = 0; r < rows; r++)          /* qweight [cols*b/32, rows]: column r */
         for (int64_t c = 0; c < cols; c++)
-            bits_put(outs[0], rows, c, b, p->codes[r * cols + c]);
+            bits_put((uint8_t *)outs[0] + 4 * r, rows, c, b, p->codes[r * cols + c]);
     memset(outs[1], 0, (size_t)(m->ng * nzc) * 4);
     for (int64_t g = 0; g < m->ng; g++)         /* qzeros [ng, rows*b/32]: row g */
         for (int64_t r = 0; r < rows; r++) {
@@ -1013,6 +1013,10 @@ static int check_ct(qsrc *p, const char *mod, wgroup *w, char **errp)
     }
     w->rows = pk->shape[0];
     w->cols = pk->shape[1] * pf;
+    if (w->comp[GI] >= 0 && p->tensors[w->comp[GI]].ndim == 1) {   /* g_idx knows d_in */
+        int64_t c = p->tensors[w->comp[GI]].shape[0];
+        if (c <= w->cols && c > w->cols - pf) w->cols = c;
+    }
     if (w->comp[SH] >= 0) {
         const qs_tensor *sh = &p->tensors[w->comp[SH]];
         if ((sh->dtype != DT_I64 && sh->dtype != DT_I32) || qs_numel(sh->ndim, sh->shape) != 2) {
@@ -1412,6 +1416,7 @@ qsrc *hfq_wrap_source(qsrc *plain, char **errp)
         for (int g = 0; g < wi->ngroups; g++) first_of[wi->groups[g].first] = g;
         wi->src = malloc(((size_t)plain->ntensors + 1) * sizeof *wi->src);
         wi->grp = malloc(((size_t)plain->ntensors + 1) * sizeof *wi->grp);
+        qs_header_clear(&s->header);         /* qsrc_new initialised it; copy over it */
         ok = wi->src && wi->grp && qs_header_copy(&s->header, &plain->header) == 0;
         if (!ok) SETERR("out of memory");
     }
