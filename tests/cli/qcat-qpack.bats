@@ -187,3 +187,44 @@ PY
     [[ "$ERR" == *"appears twice"* ]]
     [ ! -e out ]
 }
+
+@test "qcat | qpack reproduces every tensor of a PyTorch pytorch_model.bin" {
+    qcat "$DATA/stories260k/pytorch_model.bin" | qpack -o out.safetensors
+    same_tensors "$DATA/stories260k/model.safetensors" out.safetensors
+}
+
+@test "a torch file with shared storages, views and mixed dtypes gives logical values" {
+    qcat "$DATA/stories260k/pytorch_model-views.bin" | qpack -o views.safetensors
+    python3 - "$DATA/stories260k/model.safetensors" <<'PY'
+import json, struct, sys, array
+def load(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8+n]); h.pop("__metadata__", None)
+    return {k: (v["dtype"], v["shape"], b[8+n+v["data_offsets"][0]:8+n+v["data_offsets"][1]]) for k, v in h.items()}
+v, ref = load("views.safetensors"), load(sys.argv[1])
+assert v["lm_head.weight"] == v["model.embed_tokens.weight"]          # shared storage, both full
+g = array.array("f", ref["model.layers.0.mlp.gate_proj.weight"][2]); rows, cols = ref["model.layers.0.mlp.gate_proj.weight"][1]
+t = array.array("f", v["extra.transposed_view"][2])
+assert v["extra.transposed_view"][1] == [cols, rows]
+assert all(t[j * rows + i] == g[i * cols + j] for i in range(rows) for j in range(cols))
+u = ref["model.layers.1.mlp.up_proj.weight"]; ucols = u[1][1]
+assert v["extra.slice_view"][2] == u[2][10 * ucols * 4:20 * ucols * 4]  # rows 10..19 of its base
+assert v["extra.bool"][0] == "BOOL" and v["extra.int64"][0] == "I64" and v["extra.half"][0] == "F16"
+assert array.array("q", v["extra.int64"][2]).tolist() == list(range(7))
+PY
+}
+
+@test "a pickle that calls os.system is refused and nothing runs" {
+    python3 - "$T" <<'PY'
+import os, pickle, sys, zipfile
+t = sys.argv[1]
+payload = b"\x80\x02cos\nsystem\nX" + len(f"touch {t}/pwned".encode()).to_bytes(4, "little") + f"touch {t}/pwned".encode() + b"\x85R."
+with zipfile.ZipFile(f"{t}/evil.pt", "w", zipfile.ZIP_STORED) as z:
+    z.writestr("evil/data.pkl", payload); z.writestr("evil/version", "3\n")
+# the payload is live: Python's own unpickler runs it (same length name, so the string header holds)
+pickle.loads(payload.replace(b"pwned", b"ctrl1"))
+assert os.path.exists(f"{t}/ctrl1")
+PY
+    fails_cleanly "qcat evil.pt"
+    [[ "$ERR" == *"forbidden global 'os.system'"* ]]
+    [ ! -e pwned ]
+}
