@@ -1391,6 +1391,7 @@ static int config_kind(const json_t *qc, hfq_kind *kind, char **errp)
 
 qsrc *hfq_wrap_source(qsrc *plain, char **errp)
 {
+    if (json_object_get(plain->header.meta, "hf_quant_method")) return plain;   /* already unpacked */
     json_t *qc = carried_quant_config(plain);
     hfq_kind kind;
     int k = qc ? config_kind(qc, &kind, errp) : 0;

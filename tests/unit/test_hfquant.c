@@ -14,6 +14,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 /*-*** A travelling quantized tensor ***/
 
@@ -909,6 +910,89 @@ TEST(wrap_passthrough_and_errors)
     qt_free(&q);
 }
 
+/* Through the real readers: pack into model.safetensors (laid out by
+ * st_build_header, like the reference writer: I32 first, F16 scales later)
+ * plus config.json in a directory, qsrc_open it, wrap, and compare. */
+static int write_file(const char *path, const void *a, size_t na)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int rc = fwrite(a, 1, na, f) == na ? 0 : -1;
+    return fclose(f) == 0 ? rc : -1;
+}
+
+static int disk_roundtrip(const char *format, qt *q)
+{
+    char dir[] = "/tmp/test_hfquant_XXXXXX", path[256];
+    if (!mkdtemp(dir)) return 0;
+    qs_tensor *lay;
+    int n, ok = 1;
+    char *err = NULL;
+    hfq_opts o;
+    hfq_opts_init(&o, format, NULL);
+    uint8_t **outs = pack_fmt(&o, q, &lay, &n, &err);
+    if (!outs) { fprintf(stderr, "  %s\n", err); free(err); return 0; }
+    const qs_tensor *tp[8];
+    uint64_t offs[8];
+    for (int i = 0; i < n; i++) tp[i] = &lay[i];
+    size_t hl;
+    char *hdr = st_build_header(tp, n, NULL, offs, &hl, &err);
+    uint64_t end = hl;
+    for (int i = 0; i < n; i++) if (offs[i] + lay[i].parts[0].nbytes > end) end = offs[i] + lay[i].parts[0].nbytes;
+    uint8_t *file = calloc(end, 1);
+    memcpy(file, hdr, hl);
+    for (int i = 0; i < n; i++) memcpy(file + offs[i], outs[i], lay[i].parts[0].nbytes);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ok &= write_file(path, file, end) == 0;
+    json_t *qc = hfq_quant_config(format, json_object_get(q->t.attrs, "quant"), &err);
+    json_t *cfg = json_pack("{s:s, s:s, s:o}", "model_type", "llama", "torch_dtype", "float16", "quantization_config", qc);
+    char *txt = json_dumps(cfg, JSON_INDENT(2));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ok &= write_file(path, txt, strlen(txt)) == 0;
+    free(txt);
+    json_decref(cfg);
+    qsrc *plain = qsrc_open(dir, &err);
+    qsrc *s = plain ? hfq_wrap_source(plain, &err) : NULL;
+    ok &= s != NULL && s->ntensors == 1 && strcmp(s->tensors[0].name, q->t.name) == 0;
+    if (!ok) fprintf(stderr, "  %s: %s\n", format, err ? err : "wrong tensor list");
+    if (ok) {
+        ok &= hfq_wrap_source(s, &err) == s;   /* wrapping twice is a no-op */
+        uint64_t nb = qs_tensor_nbytes(&s->tensors[0]);
+        uint8_t *b = malloc(nb);
+        ok &= nb == qs_tensor_nbytes(&q->t) && qsrc_read(s, 0, 0, b, nb, &err) == 0
+              && memcmp(b, q->data, nb) == 0;
+        free(b);
+    }
+    if (s) qsrc_close(s);
+    else if (plain) qsrc_close(plain);
+    free(err);
+    free(hdr);
+    free(file);
+    free_outs(outs, lay, n);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
+    return ok;
+}
+
+TEST(roundtrip_on_disk)
+{
+    qt q;
+    qt_make(&q, "model.layers.0.mlp.down_proj.weight", 64, 256, 4, 64, 0, 1, 1);
+    CHECK(disk_roundtrip("gptq", &q));
+    CHECK(disk_roundtrip("compressed-tensors", &q));
+    qt_free(&q);
+    qt_make(&q, "model.layers.0.mlp.down_proj.weight", 64, 256, 3, 32, 1, 0, 1);
+    CHECK(disk_roundtrip("gptq", &q));
+    qt_free(&q);
+    qt_make(&q, "model.layers.0.mlp.down_proj.weight", 64, 256, 4, 128, 0, 0, 0);
+    CHECK(disk_roundtrip("awq", &q));
+    CHECK(disk_roundtrip("compressed-tensors", &q));
+    qt_free(&q);
+}
+
 int main(void)
 {
     RUN(ct_pack_vectors);
@@ -926,5 +1010,6 @@ int main(void)
     RUN(config_from_manifest);
     RUN(gptq_dynamic_roundtrip);
     RUN(wrap_passthrough_and_errors);
+    RUN(roundtrip_on_disk);
     return tl_summary();
 }
