@@ -213,12 +213,13 @@ static void ref_ct_line(const uint32_t *u, int64_t len, int bits, uint32_t *out)
 
 /*-*** Tests: bit layouts ***/
 
-/* compressed-tensors' own vectors (signed values v; codes = v + 2^(b-1)). */
-static int ct_vector(int bits, const int *v, int n, const int32_t *expect, int nexp)
+/* compressed-tensors' own vectors (test_pack_quant.py test_pack_to_int32):
+ * signed values v [rows, n]; codes = v + 2^(b-1); expect [rows, nexp]. */
+static int ct_vector(int bits, int rows, const int *v, int n, const int32_t *expect, int nexp)
 {
     qt q;
-    qt_make(&q, "m.weight", 1, n, bits, -1, 1, 0, 0);
-    for (int i = 0; i < n; i++) q.data[i] = (uint8_t)(v[i] + (1 << (bits - 1)));
+    qt_make(&q, "m.weight", rows, n, bits, -1, 1, 0, 0);
+    for (int i = 0; i < rows * n; i++) q.data[i] = (uint8_t)(v[i] + (1 << (bits - 1)));
     hfq_opts o;
     hfq_opts_init(&o, "compressed-tensors", NULL);
     qs_tensor *lay;
@@ -227,8 +228,8 @@ static int ct_vector(int bits, const int *v, int n, const int32_t *expect, int n
     uint8_t **outs = pack_fmt(&o, &q, &lay, &nl, &err);
     if (!outs) { fprintf(stderr, "  %s\n", err); free(err); qt_free(&q); return 0; }
     int ip = find_lay(lay, nl, ".weight_packed");
-    if (ip < 0 || lay[ip].shape[1] != nexp) ok = 0;
-    for (int i = 0; ok && i < nexp; i++)
+    if (ip < 0 || lay[ip].shape[0] != rows || lay[ip].shape[1] != nexp) ok = 0;
+    for (int i = 0; ok && i < rows * nexp; i++)
         if ((int32_t)word(outs[ip], i) != expect[i]) {
             fprintf(stderr, "  word %d = %d, expected %d\n", i, (int32_t)word(outs[ip], i), expect[i]);
             ok = 0;
@@ -240,15 +241,23 @@ static int ct_vector(int bits, const int *v, int n, const int32_t *expect, int n
 
 TEST(ct_pack_vectors)
 {
+    const int one[] = {1};
     const int a[] = {1, 2, 3, 4};
     const int b[] = {-8, -7, -6, -5, -4, -3, -2, -1};
     const int c[] = {-8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4};
     const int d[] = {-128, -127, -126, -125};
-    CHECK(ct_vector(4, a, 4, (const int32_t[]){52137}, 1));
-    CHECK(ct_vector(4, b, 8, (const int32_t[]){1985229328}, 1));
-    CHECK(ct_vector(4, c, 12, (const int32_t[]){1985229328, 52137}, 2));
-    CHECK(ct_vector(8, a, 4, (const int32_t[]){-2071756159}, 1));
-    CHECK(ct_vector(8, d, 4, (const int32_t[]){50462976}, 1));
+    const int e[] = {-8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, -8, -8, -8, -8,
+                     1, 2, 3, 4, -8, -8, -8, -8, -8, -7, -6, -5, -4, -3, -2, -1};
+    const int f[] = {1, 2, 3, 4, -128, -127, -126, -125, -128, -127, -126, -125, 1, 2, 3, 4};
+    CHECK(ct_vector(4, 1, one, 1, (const int32_t[]){9}, 1));          /* padding is unsigned 0 */
+    CHECK(ct_vector(8, 1, one, 1, (const int32_t[]){129}, 1));
+    CHECK(ct_vector(4, 1, a, 4, (const int32_t[]){52137}, 1));
+    CHECK(ct_vector(4, 1, b, 8, (const int32_t[]){1985229328}, 1));
+    CHECK(ct_vector(4, 1, c, 12, (const int32_t[]){1985229328, 52137}, 2));
+    CHECK(ct_vector(8, 1, a, 4, (const int32_t[]){-2071756159}, 1));
+    CHECK(ct_vector(8, 1, d, 4, (const int32_t[]){50462976}, 1));
+    CHECK(ct_vector(4, 2, e, 16, (const int32_t[]){1985229328, 52137, 52137, 1985229328}, 2));
+    CHECK(ct_vector(8, 2, f, 8, (const int32_t[]){-2071756159, 50462976, 50462976, -2071756159}, 2));
 }
 
 /* GPTQ qweight and qzeros against the AutoGPTQ loop, all bit widths, v1/v2. */
