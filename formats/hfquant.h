@@ -146,7 +146,14 @@ const char *hfq_extra_config_name(const char *format);
  * g_idx kept only when it is not c / group), the rest unchanged. Reading such
  * a tensor reads its stored tensors through plain in plain's order and
  * unpacks them whole (memory: the unpacked tensor, kept until another one is
- * read). Returns plain itself when it is not a quantized checkpoint of these
+ * read). Sequential plain sources (archives): nothing is read ahead at open,
+ * so g_idx is kept exactly when the config says act order (and checked to be
+ * c / group otherwise), and d_in comes from weight_packed / weight_g_idx
+ * (weight_shape is checked when unpacking); a module's stored tensors are not
+ * adjacent in a safetensors file (I32 before F16), so unpacking one skips
+ * ahead and the archive reader reopens for the next tensor: correct but slow.
+ * Wrapping a wrapped source returns it unchanged (meta "hf_quant_method").
+ * Returns plain itself when it is not a quantized checkpoint of these
  * methods. NULL + *errp (plain left open, still the caller's) for a bad or
  * unsupported config (awq other than gemm, compressed-tensors formats other
  * than pack-quantized, non-int types) or inconsistent packed tensors. */
