@@ -7,6 +7,7 @@
  * instead. Memory stays at one chunk whatever the model's size.
  */
 #include "cli.h"
+#include "plan.h"
 #include "qstream.h"
 #include "source.h"
 
@@ -26,6 +27,7 @@ static const char usage[] =
     "  --shard K/N         only shard K (1-based) of N, balanced by bytes\n"
     "  --list              print the manifest (name, dtype, shape, bytes) instead\n"
     "  --json              with --list: as JSON\n"
+    "  --dry-run           print what would be streamed, peak memory and a time estimate\n"
     "  --chunk-size SIZE   bytes per chunk frame (default 4MiB)\n"
     "  -f, --force         write the stream even to a terminal\n"
     "  -q, -v, --progress, --help, --version\n"
@@ -38,7 +40,7 @@ struct cmdline {
     int nsrcs;
     const char *include, *exclude;
     int shard_k, shard_n;
-    int list, json, force;
+    int list, json, force, dry_run;
     size_t chunk;
 };
 
@@ -59,6 +61,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         }
         else if (!strcmp(a, "--list")) c->list = 1;
         else if (!strcmp(a, "--json")) c->json = 1;
+        else if (!strcmp(a, "--dry-run")) c->dry_run = 1;
         else if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
         else if (!strcmp(a, "--chunk-size") && v) {
             uint64_t n = parse_size("--chunk-size", v);
@@ -186,6 +189,18 @@ int main(int argc, char **argv)
             total += qs_tensor_nbytes(&picks[i].src->tensors[picks[i].idx]);
             ntot++;
         }
+    if (c.dry_run) {
+        size_t chunk = c.chunk ? c.chunk : QS_DEFAULT_CHUNK;
+        plan *p = plan_new("qcat", 1, chunk);
+        for (int i = 0; i < npicks; i++)
+            if (picks[i].selected) {
+                const qs_tensor *t = &picks[i].src->tensors[picks[i].idx];
+                plan_add(p, t->name, "copy", 0, 0, qs_tensor_nbytes(t), qs_tensor_nbytes(t));
+            }
+        plan_print(p, stdout, verbosity > 1);
+        close_stdout_or_die();
+        return EXIT_OK;
+    }
     if (c.list) {
         list_manifest(&h, c.json);
         close_stdout_or_die();

@@ -10,6 +10,7 @@
  * provenance entry records the command.
  */
 #include "cli.h"
+#include "plan.h"
 #include "dtype.h"
 #include "ggml_quants.h"
 #include "gptq.h"
@@ -42,6 +43,7 @@ static const char usage[] =
     "  --skip-missing      leave weights without stats unquantized instead of failing\n"
     "  --include GLOBS     quantize these tensors instead of the default linears\n"
     "  --exclude GLOBS     never quantize these\n"
+    "  --dry-run           print the plan, peak memory and a time estimate from the shapes; write nothing\n"
     "  --threads N         worker threads (default: online CPUs); output is identical for any N\n"
     "  -f, --force         write the stream even to a terminal\n"
     "  -q, -v, --progress, --help, --version\n"
@@ -55,7 +57,7 @@ static const char default_linears[] =
 
 struct cmdline {
     gptq_opts gptq;              /* grid, scale search, block, damp, threads */
-    int rtn, weighted, skip_missing, force;
+    int rtn, weighted, skip_missing, force, dry_run;
     const char *stats_path, *include, *exclude;
 };
 
@@ -95,6 +97,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else if (!strcmp(a, "--mse")) o->scale.mode = QSCALE_MSE;
         else if (!strcmp(a, "--weighted")) c->weighted = 1;
         else if (!strcmp(a, "--skip-missing")) c->skip_missing = 1;
+        else if (!strcmp(a, "--dry-run")) c->dry_run = 1;
         else if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
         else if (a[0] == '-' && a[1]) usage_error("unknown option '%s'%s", a, v || takes ? "" : " or missing value");
         else usage_error("unexpected argument '%s' (the stream comes on stdin)", a);
@@ -141,6 +144,36 @@ static int plan_tensor(const struct cmdline *c, const stats *st, const char *nam
         return 0;
     }
     die("'%s': no %s in %s (use --skip-missing to leave it unquantized)", name, what, c->stats_path);
+}
+
+/* --dry-run: per tensor, GPTQ's working set (W and Q f32 row blocks, H and its
+ * inverse in f64: 2 d_in² · 8 bytes) and arithmetic (Cholesky and inverse
+ * d_in³, the column loop ~2 rows · d_in² multiply-adds), from the shapes. */
+static void dry_run(const struct cmdline *c, const stats *st, const qs_header *in)
+{
+    plan *p = plan_new("qgptq", c->gptq.threads, QS_DEFAULT_CHUNK);
+    size_t i;
+    json_t *e;
+    json_array_foreach(in->manifest, i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        json_t *sh = json_object_get(e, "shape");
+        int nd = (int)json_array_size(sh);
+        qdtype dt = dtype_from_name(json_string_value(json_object_get(e, "dtype")) ?: "");
+        uint64_t nb = (uint64_t)json_integer_value(json_object_get(e, "nbytes"));
+        if (json_object_get(e, "quant") || !plan_tensor(c, st, name, dt, nd, 1)) {
+            plan_add(p, name, "copy", 0, 0, nb, nb);
+            continue;
+        }
+        double rows = (double)json_integer_value(json_array_get(sh, 0)), cols = (double)json_integer_value(json_array_get(sh, 1));
+        char act[48];
+        snprintf(act, sizeof act, "%s %s%d g%d", c->rtn ? "rtn" : "gptq", c->gptq.grid.scheme == QUANT_INT ? "int" : "",
+                 c->gptq.grid.bits, c->gptq.grid.group);
+        double mem = rows * cols * (4 + 4 + 1) + (c->rtn ? 0 : 2 * cols * cols * 8);
+        double flops = c->rtn ? 10 * rows * cols : cols * cols * cols + 2 * rows * cols * cols;
+        plan_add(p, name, act, (uint64_t)mem, flops, nb, (uint64_t)(rows * cols * 1.1));
+    }
+    plan_print(p, stdout, verbosity > 1);
+    close_stdout_or_die();
 }
 
 /* The quantized tensor's header: logical f32 [rows, cols], parts, attrs. */
@@ -313,9 +346,13 @@ int main(int argc, char **argv)
     char *err = NULL;
     stats *st = NULL;
     if (c.stats_path && !(st = stats_open(c.stats_path, &err))) die_free(err);
-    if (!c.force) refuse_tty(1, "qstream");
+    if (!c.force && !c.dry_run) refuse_tty(1, "qstream");
     qs_reader *r = qs_reader_open_fd(0, "stdin", &err);
     if (!r) die_free(err);
+    if (c.dry_run) {
+        dry_run(&c, st, qs_reader_header(r));
+        return EXIT_OK;
+    }
 
     qs_header h;
     build_header(&c, st, qs_reader_header(r), argc, argv, &h);

@@ -8,6 +8,7 @@
  * stays at one chunk. Outputs appear atomically (temp name + rename).
  */
 #include "cli.h"
+#include "plan.h"
 #include "dequant.h"
 #include "ggml_quants.h"
 #include "gguf.h"
@@ -41,6 +42,7 @@ static const char usage[] =
     "                           as llama-quantize makes them; GGUF-quantized tensors pass as they are)\n"
     "  --type-for GLOB=TYPE,... override the GGUF type of matching tensors (HF or GGUF names)\n"
     "  --stats FILE             importance weights for GGUF quantization (qcal stats, like an imatrix)\n"
+    "  --dry-run                print the layout, peak memory and a time estimate, write nothing\n"
     "  --merge FILE...          read several streams (e.g. the parts of `qcat --shard K/N` runs)\n"
     "                           and write them as one checkpoint; must be the last option\n"
     "  -q, -v, --progress, --help, --version\n"
@@ -58,6 +60,7 @@ struct cmdline {
     const char *gguf;       /* GGUF file type, NULL = safetensors */
     const char *type_for;   /* "glob=TYPE,..." */
     const char *stats;      /* importance weights */
+    int dry_run;
 };
 
 static void parse_cmdline(int argc, char **argv, struct cmdline *c)
@@ -76,6 +79,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
             c->gguf = v;
             i++;
         }
+        else if (!strcmp(a, "--dry-run")) c->dry_run = 1;
         else if (!strcmp(a, "--type-for") && v) { c->type_for = v; i++; }
         else if (!strcmp(a, "--stats") && v) { c->stats = v; i++; }
         else if (!strcmp(a, "--merge")) {
@@ -537,6 +541,49 @@ static void write_gguf(const struct cmdline *c, qs_reader **rs, const qs_header 
     free(p);
 }
 
+/* --dry-run: the work per manifest entry, from the shapes alone. */
+static void dry_run(const struct cmdline *c, const qs_header *h)
+{
+    plan *p = plan_new("qpack", 1, QS_DEFAULT_CHUNK);
+    gguf_writer *g = c->gguf ? gguf_writer_new() : NULL;
+    gguf_plan *gp = NULL;
+    if (g) {
+        const qs_file *cf = qs_header_file(h, "config.json");
+        json_t *cfg = cf ? json_loadb((const char *)cf->data, cf->len, 0, NULL) : NULL;
+        gp = plan_gguf(c, h, cfg, g, (int)json_array_size(h->manifest));
+        json_decref(cfg);
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(h->manifest, i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        uint64_t nb = (uint64_t)json_integer_value(json_object_get(e, "nbytes")), numel = 1;
+        size_t j;
+        json_t *d;
+        json_array_foreach(json_object_get(e, "shape"), j, d) numel *= (uint64_t)json_integer_value(d);
+        int quantized = json_object_get(e, "quant") != NULL;
+        if (json_object_get(e, "alias")) plan_add(p, name, "alias", 0, 0, 0, 0);
+        else if (g && gp[i].index < 0) plan_add(p, name, "dropped", 0, 0, nb, 0);
+        else if (g) {
+            char act[48];
+            snprintf(act, sizeof act, "%s %s", gp[i].passthrough ? "pass" : "gguf", ggml_qtype_traits(gp[i].type)->name);
+            uint64_t out = gguf_writer_data_offset(g, gp[i].index + 1) != UINT64_MAX
+                               ? gguf_writer_data_offset(g, gp[i].index + 1) - gguf_writer_data_offset(g, gp[i].index) : nb;
+            plan_add(p, name, act, nb + numel * 4 + out, gp[i].passthrough ? 0 : 30.0 * (double)numel, nb, out);
+        } else if (quantized || c->dtype) {
+            uint64_t out = numel * (c->dtype ? dtype_size(c->dtype) : 4);
+            plan_add(p, name, quantized ? "dequantize" : "convert", quantized ? nb + numel * 4 : 0,
+                     4.0 * (double)numel, nb, out);
+        } else {
+            plan_add(p, name, "copy", 0, 0, nb, nb);
+        }
+    }
+    plan_print(p, stdout, verbosity > 1);
+    free(gp);
+    gguf_writer_free(g);
+    close_stdout_or_die();
+}
+
 /* Open every input and build one header: the first input's, with the other
  * inputs' manifests appended and their carried files added. */
 static qs_reader **open_inputs(const struct cmdline *c, qs_header *h, int argc, char **argv)
@@ -578,6 +625,10 @@ int main(int argc, char **argv)
 
     qs_header h;
     qs_reader **rs = open_inputs(&c, &h, argc, argv);
+    if (c.dry_run) {
+        dry_run(&c, &h);
+        return EXIT_OK;
+    }
     if (c.gguf) {
         write_gguf(&c, rs, &h);
         for (int k = 0; k < c.nins; k++) qs_reader_close(rs[k]);

@@ -1,0 +1,82 @@
+/* plan — the --dry-run report (see plan.h). */
+#include "plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char *name, *action;
+    uint64_t mem, in, out;
+    double flops;
+} plan_item;
+
+struct plan {
+    char *prog;
+    int threads;
+    uint64_t base_mem;
+    int n, cap;
+    plan_item *items;
+};
+
+plan *plan_new(const char *prog, int threads, uint64_t base_mem)
+{
+    plan *p = calloc(1, sizeof *p);
+    p->prog = strdup(prog);
+    p->threads = threads > 0 ? threads : 1;
+    p->base_mem = base_mem;
+    return p;
+}
+
+void plan_add(plan *p, const char *name, const char *action, uint64_t mem, double flops, uint64_t bytes_in,
+              uint64_t bytes_out)
+{
+    if (p->n == p->cap) {
+        p->cap = p->cap ? 2 * p->cap : 64;
+        p->items = realloc(p->items, (size_t)p->cap * sizeof *p->items);
+    }
+    p->items[p->n++] = (plan_item){ strdup(name), strdup(action), mem, bytes_in, bytes_out, flops };
+}
+
+static void human(char *buf, size_t len, double bytes)
+{
+    const char *u[] = { "B", "KB", "MB", "GB", "TB" };
+    int i = 0;
+    while (bytes >= 1000 && i < 4) { bytes /= 1000; i++; }
+    snprintf(buf, len, i ? "%.1f %s" : "%.0f %s", bytes, u[i]);
+}
+
+void plan_print(plan *p, FILE *out, int verbose)
+{
+    uint64_t in = 0, outb = 0, peak = 0;
+    double flops = 0;
+    int busy = 0, peak_i = -1;
+    for (int i = 0; i < p->n; i++) {
+        plan_item *it = &p->items[i];
+        in += it->in;
+        outb += it->out;
+        flops += it->flops;
+        busy += strcmp(it->action, "copy") != 0;
+        if (peak_i < 0 || it->mem > peak) { peak = it->mem; peak_i = i; }
+    }
+    char a[32], b[32], c[32];
+    human(a, sizeof a, (double)in);
+    human(b, sizeof b, (double)outb);
+    human(c, sizeof c, (double)(peak + p->base_mem));
+    fprintf(out, "%s --dry-run: %d tensors (%d processed, %d copied), %s in, %s out\n", p->prog, p->n, busy,
+            p->n - busy, a, b);
+    fprintf(out, "  peak memory  ~ %s", c);
+    if (peak_i >= 0) fprintf(out, " (largest working set: %s, %s)", p->items[peak_i].name, p->items[peak_i].action);
+    fputc('\n', out);
+    double t_cpu = flops / (PLAN_GFLOPS * 1e9 * p->threads), t_io = (double)(in + outb) / (PLAN_MBS * 1e6);
+    fprintf(out, "  time         ~ %.1f s (%.3g flops at %.0f GFLOP/s x %d threads, %.1f s of I/O at %.0f MB/s)\n",
+            t_cpu + t_io, flops, PLAN_GFLOPS, p->threads, t_io, PLAN_MBS);
+    for (int i = 0; verbose && i < p->n; i++) {
+        human(a, sizeof a, (double)p->items[i].mem);
+        fprintf(out, "  %-56s %-22s mem %-9s %.3g flops\n", p->items[i].name, p->items[i].action, a,
+                p->items[i].flops);
+    }
+    for (int i = 0; i < p->n; i++) { free(p->items[i].name); free(p->items[i].action); }
+    free(p->items);
+    free(p->prog);
+    free(p);
+}

@@ -1,0 +1,31 @@
+/* plan — what a `--dry-run` prints: the work a tool will do, per tensor and
+ * in total, the peak memory it will need and a time estimate, all computed
+ * from the tensor shapes in a manifest before any data is read.
+ *
+ * Owns: the report format and the machine constants of the estimate
+ * (PLAN_GFLOPS per thread for dense arithmetic, PLAN_MBS for streaming
+ * bytes). The figures are estimates to plan a long job, not measurements;
+ * `make bench` gives the measured rates of this machine.
+ */
+#ifndef QPIPE_PLAN_H
+#define QPIPE_PLAN_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#define PLAN_GFLOPS 10.0     /* dense f32/f64 arithmetic per thread (make bench measures ~20-30) */
+#define PLAN_MBS    800.0    /* bytes moved through a pipe, MB/s */
+
+typedef struct plan plan;
+
+/* Start a plan for prog running on `threads` threads; `base_mem` is the
+ * memory held whatever the tensor (buffers, a loaded model). */
+plan *plan_new(const char *prog, int threads, uint64_t base_mem);
+/* One tensor: what is done ("copy", "gptq int4 g128", ...), its working
+ * memory, arithmetic (flops) and bytes read/written. */
+void  plan_add(plan *p, const char *name, const char *action, uint64_t mem, double flops,
+               uint64_t bytes_in, uint64_t bytes_out);
+/* Print the report to out (per tensor when verbose) and free p. */
+void  plan_print(plan *p, FILE *out, int verbose);
+
+#endif

@@ -1,0 +1,29 @@
+#!/usr/bin/env bats
+# tests: --dry-run of qcat, qpack, qgptq
+# A dry run reads only the header, prints the plan with peak memory and a
+# time estimate, and writes no output.
+load helpers
+
+@test "qcat --dry-run reports the tensors, memory and time without streaming" {
+    run qcat "$DATA/ts3m-bf16" --dry-run
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" == "qcat --dry-run: 39 tensors"* ]]
+    [[ "$output" == *"peak memory"* && "$output" == *"time"* ]]
+}
+
+@test "qpack --gguf --dry-run names the largest working set and writes no file" {
+    qcat "$DATA/ts3m-bf16" > m.qs
+    run qpack --gguf q4_k_m --dry-run -o m.gguf -i m.qs
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"largest working set: lm_head.weight, gguf q6_K"* ]]
+    [ ! -e m.gguf ]
+}
+
+@test "qgptq --dry-run counts the linears it would quantize and writes no stream" {
+    qcat "$DATA/ts3m-bf16" > m.qs
+    run bash -c "qgptq --rtn --bits 4 --dry-run < m.qs"
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" == "qgptq --dry-run: 39 tensors (28 processed, 11 copied)"* ]]
+    run bash -c "qgptq --rtn --bits 4 --dry-run -v < m.qs | grep -c '^  model.* rtn int4'"
+    [ "$output" -eq 28 ]
+}
