@@ -610,6 +610,7 @@ json_t *hfq_quant_config(const char *format, const json_t *quant_attrs, char **e
     hfq_opts o;
     qkey k;
     if (hfq_opts_init(&o, format, errp) || qkey_from_attrs(quant_attrs, 0, &k, errp)) return NULL;
+    k.has_gidx = o.kind != HFQ_AWQ && k.act_order;   /* qgptq: act order with dynamic groups has g_idx */
     if (is_gptq(o.kind)) return config_gptq(o.kind, &k, errp);
     if (o.kind == HFQ_AWQ) return config_awq(&k, errp);
     json_t *w = ct_weight_args(&k, errp);

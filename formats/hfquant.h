@@ -114,6 +114,10 @@ int     hfq_pack(const char *format, const qs_tensor *t, const void *data, void 
 int     hfq_pack_opts(const hfq_opts *o, const qs_tensor *t, const void *data, void *const outs[], char **errp);
 
 /* quantization_config for one grid (attrs.quant) as each ecosystem writes it.
+ * The grid alone does not say whether act-order tensors carry g_idx (dynamic
+ * groups) or not (static groups): this assumes g_idx iff act_order, which
+ * matters for compressed-tensors (actorder "group" makes loaders expect
+ * weight_g_idx); hfq_quant_config_manifest knows and is exact.
  * New reference, or NULL + *errp (grid the format cannot hold).
  *   gptq: bits, group_size, desc_act, sym, static_groups, true_sequential,
  *         lm_head false, damp_percent, quant_method "gptq", checkpoint_format

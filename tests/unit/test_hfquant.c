@@ -780,7 +780,7 @@ TEST(config_objects)
           && json_integer_value(json_object_get(w, "num_bits")) == 4
           && strcmp(json_string_value(json_object_get(w, "strategy")), "group") == 0
           && json_is_true(json_object_get(w, "symmetric"))
-          && strcmp(json_string_value(json_object_get(w, "actorder")), "weight") == 0);
+          && strcmp(json_string_value(json_object_get(w, "actorder")), "group") == 0);
     json_decref(c);
     json_object_set_new(qa, "bits", json_integer(3));
     CHECK(hfq_quant_config("awq", qa, &err) == NULL && err);
