@@ -231,6 +231,7 @@ void quant_scale_opts_default(quant_scale_opts *o)
     o->grid = 100;
     o->maxshrink = 0.8f;
     o->importance = NULL;
+    o->f16_scales = 0;
 }
 
 /* sum_j imp_j |quantize(x_j) - x_j|^norm for one candidate (scale, zero). */
@@ -244,6 +245,17 @@ static double int_grid_error(const float *x, int64_t n, const float *imp, float 
         err += imp ? (double)imp[j] * e : e;
     }
     return err;
+}
+
+/* With f16_scales the scale is rounded to the nearest f16 (what GPTQ, AWQ and
+ * compressed-tensors checkpoints store) before the zero point and the codes are
+ * derived from it, so packing loses nothing. */
+static float scale_round(float s, int f16) { return f16 ? f16_to_f32(f32_to_f16(s)) : s; }
+
+static float zero_of(float xmin, float s, int maxq)
+{
+    float z = nearbyintf(-xmin / s);
+    return z > (float)maxq ? (float)maxq : z;   /* only reachable when f16 rounding shrank s */
 }
 
 void quant_int_params(const float *x, int64_t n, int bits, int sym,
@@ -265,8 +277,9 @@ void quant_int_params(const float *x, int64_t n, int bits, int sym,
         xmin = -1.0f;
         xmax = 1.0f;
     }
-    float s = (xmax - xmin) / (float)maxq;
-    float z = sym ? (float)(maxq + 1) / 2.0f : nearbyintf(-xmin / s);
+    const int f16 = o && o->f16_scales;
+    float s = scale_round((xmax - xmin) / (float)maxq, f16);
+    float z = sym ? (float)(maxq + 1) / 2.0f : zero_of(xmin, s, maxq);
     // optional shrink search: p = 1 - i/grid, keep the first strict minimum
     quant_scale_opts dflt;
     if (!o && imp) {
@@ -280,8 +293,8 @@ void quant_int_params(const float *x, int64_t n, int bits, int sym,
         for (int i = 0; i < steps; i++) {
             float p = (float)(1.0 - (double)i / (double)o->grid);
             float xmin1 = p * xmin, xmax1 = p * xmax;
-            float s1 = (xmax1 - xmin1) / (float)maxq;
-            float z1 = sym ? z0 : nearbyintf(-xmin1 / s1);
+            float s1 = scale_round((xmax1 - xmin1) / (float)maxq, f16);
+            float z1 = sym ? z0 : zero_of(xmin1, s1, maxq);
             double err = int_grid_error(x, n, imp, s1, z1, maxq, o->norm);
             if (err < best) {
                 best = err;

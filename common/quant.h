@@ -78,6 +78,7 @@ typedef struct {
      * matrix (e.g. stats x2_mean, like llama.cpp's imatrix) or NULL. When set,
      * the MSE search minimises sum_c imp[c] |w - q|^norm (mode forced to MSE). */
     const float *importance;
+    int f16_scales;        /* round scales to f16 before deriving zeros and codes */
 } quant_scale_opts;
 
 void quant_scale_opts_default(quant_scale_opts *o);   /* min/max, 2.4, 100, 0.8, NULL */

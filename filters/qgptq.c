@@ -43,6 +43,8 @@ static const char usage[] =
     "  --skip-missing      leave weights without stats unquantized instead of failing\n"
     "  --include GLOBS     quantize these tensors instead of the default linears\n"
     "  --exclude GLOBS     never quantize these\n"
+    "  --f16-scales        round scales to f16 before choosing codes (what GPTQ/AWQ/compressed-tensors\n"
+    "                      checkpoints store), so qpack --format packs them exactly\n"
     "  --dry-run           print the plan, peak memory and a time estimate from the shapes; write nothing\n"
     "  --threads N         worker threads (default: online CPUs); output is identical for any N\n"
     "  -f, --force         write the stream even to a terminal\n"
@@ -98,6 +100,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else if (!strcmp(a, "--weighted")) c->weighted = 1;
         else if (!strcmp(a, "--skip-missing")) c->skip_missing = 1;
         else if (!strcmp(a, "--dry-run")) c->dry_run = 1;
+        else if (!strcmp(a, "--f16-scales")) o->scale.f16_scales = 1;
         else if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
         else if (a[0] == '-' && a[1]) usage_error("unknown option '%s'%s", a, v || takes ? "" : " or missing value");
         else usage_error("unexpected argument '%s' (the stream comes on stdin)", a);

@@ -12,6 +12,7 @@
 #include "dequant.h"
 #include "ggml_quants.h"
 #include "gguf.h"
+#include "hfquant.h"
 #include "gguf_export.h"
 #include "stats.h"
 #include "tokenizer.h"
@@ -35,6 +36,10 @@ static const char usage[] =
     "  -o, --output PATH        output file or directory (required)\n"
     "  --dtype f32|f16|bf16     convert floating tensors (round to nearest even); quantized\n"
     "                           tensors are dequantized to this dtype\n"
+    "  --format FMT             safetensors (default), or for quantized streams a checkpoint that\n"
+    "                           transformers/vLLM load: gptq, gptq_v2, awq, compressed-tensors\n"
+    "  --round-scales           with --format: round scales to f16 instead of refusing ones that\n"
+    "                           are not f16 values (better: qgptq --f16-scales)\n"
     "  --max-shard-size SIZE    shard the weights (e.g. 5GB, 500MB) with model.safetensors.index.json\n"
     "  -i, --input FILE         read the stream from FILE instead of stdin\n"
     "  --gguf TYPE              write a llama.cpp GGUF file instead: f32, f16, bf16, q8_0, q4_0, q4_1,\n"
@@ -61,6 +66,8 @@ struct cmdline {
     const char *type_for;   /* "glob=TYPE,..." */
     const char *stats;      /* importance weights */
     int dry_run;
+    const char *format;     /* NULL = plain safetensors, else an hfquant format */
+    int round_scales;
 };
 
 static void parse_cmdline(int argc, char **argv, struct cmdline *c)
@@ -80,6 +87,16 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
             i++;
         }
         else if (!strcmp(a, "--dry-run")) c->dry_run = 1;
+        else if (!strcmp(a, "--round-scales")) c->round_scales = 1;
+        else if (!strcmp(a, "--format") && v) {
+            hfq_opts o;
+            char *err = NULL;
+            if (strcmp(v, "safetensors") && hfq_opts_init(&o, v, &err) < 0)
+                usage_error("--format: unknown format '%s' (safetensors, gptq, gptq_v2, awq, compressed-tensors)", v);
+            free(err);
+            c->format = strcmp(v, "safetensors") ? v : NULL;
+            i++;
+        }
         else if (!strcmp(a, "--type-for") && v) { c->type_for = v; i++; }
         else if (!strcmp(a, "--stats") && v) { c->stats = v; i++; }
         else if (!strcmp(a, "--merge")) {
@@ -104,6 +121,8 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
     if (!c->out) usage_error("no output given (-o PATH)");
     if (c->gguf && (c->dtype || c->max_shard)) usage_error("--gguf does not go with --dtype or --max-shard-size");
     if ((c->type_for || c->stats) && !c->gguf) usage_error("--type-for and --stats go with --gguf");
+    if (c->format && c->gguf) usage_error("--format does not go with --gguf");
+    if (c->round_scales && !c->format) usage_error("--round-scales goes with --format");
 }
 
 static int is_float(qdtype t) { return t == DT_F32 || t == DT_F16 || t == DT_BF16 || t == DT_F64; }
@@ -121,7 +140,7 @@ static void stored_form(const struct cmdline *c, const json_t *entry, qs_tensor 
     if (!name || dt == DT_INVALID) die("stream manifest: bad entry");
     int quantized = json_object_get(entry, "quant") != NULL;
     if (quantized && !c->dtype)
-        die("tensor '%s': is quantized; use --dtype to write dequantized values", name);
+        die("tensor '%s': is quantized; use --dtype to write dequantized values, or --format gptq|awq|compressed-tensors", name);
     if (c->dtype && (is_float(dt) || quantized)) dt = c->dtype;
     if (qs_tensor_init(t, name, dt, nd, shape) < 0) die("tensor '%s': bad shape", name);
 }
@@ -584,6 +603,178 @@ static void dry_run(const struct cmdline *c, const qs_header *h)
     close_stdout_or_die();
 }
 
+/*-*** Safetensors output ***/
+
+static void write_carried_files(out_file *dir, const qs_header *h)
+{
+    for (int f = 0; f < h->nfiles; f++) {
+        const char *fn = h->files[f].name;
+        if (!*fn || fn[0] == '/' || strstr(fn, "..") || ends_with(fn, ".safetensors") ||
+            !strcmp(fn, "model.safetensors.index.json"))
+            die("refusing to write carried file '%s' (unsafe or clashing name)", fn);
+        out_dir_write_file(dir, fn, h->files[f].data, h->files[f].len);
+    }
+}
+
+
+/* What each manifest entry becomes: stored tensors [first, first + count) of
+ * the layout (count 0 for an alias), packed by hfq_pack when `packed`. */
+typedef struct { int first, count, packed; } stored_map;
+
+static qs_tensor *plan_stored(const struct cmdline *c, qs_header *h, const hfq_opts *ho, stored_map *map, int *nout)
+{
+    int nm = (int)json_array_size(h->manifest), n = 0, cap = nm + 8;
+    qs_tensor *ts = calloc((size_t)cap, sizeof *ts);
+    json_t *aliases = json_object();
+    for (int i = 0; i < nm; i++) {
+        json_t *e = json_array_get(h->manifest, i), *al = json_object_get(e, "alias");
+        map[i] = (stored_map){ n, 0, 0 };
+        if (al) {   /* a stats stream's shared inputs become "alias:<name>" metadata */
+            char key[600];
+            snprintf(key, sizeof key, "alias:%s", json_string_value(json_object_get(e, "name")) ?: "");
+            json_object_set(aliases, key, al);
+            continue;
+        }
+        if (c->format && json_object_get(e, "quant")) {
+            qs_tensor q, *parts;
+            int k;
+            char *err = NULL;
+            if (hfq_tensor_from_manifest(e, &q, &err) < 0 || hfq_layout_opts(ho, &q, &parts, &k, &err) < 0) die_free(err);
+            if (n + k >= cap) { cap = 2 * (n + k); ts = realloc(ts, (size_t)cap * sizeof *ts); }
+            for (int j = 0; j < k; j++) qs_tensor_copy(&ts[n + j], &parts[j]);
+            hfq_layout_free(parts, k);
+            qs_tensor_clear(&q);
+            map[i] = (stored_map){ n, k, 1 };
+            n += k;
+            continue;
+        }
+        if (n + 1 >= cap) { cap = 2 * (n + 1); ts = realloc(ts, (size_t)cap * sizeof *ts); }
+        stored_form(c, e, &ts[n]);
+        map[i] = (stored_map){ n++, 1, 0 };
+    }
+    json_object_set_new(h->meta, "qpack_aliases", aliases);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (!strcmp(ts[i].name, ts[j].name)) die("tensor '%s' appears twice in the output", ts[i].name);
+    *nout = n;
+    return ts;
+}
+
+/* The config.json to write: a packed format's quantization_config (and
+ * torch_dtype f16 for gptq/awq, whose kernels want it), or, for float output,
+ * none (a dequantized GPTQ checkpoint is a plain model again). */
+static void update_config(const struct cmdline *c, qs_header *h)
+{
+    const qs_file *f = qs_header_file(h, "config.json");
+    if (!f) return;
+    json_t *cfg = json_loadb((const char *)f->data, f->len, 0, NULL);
+    if (!json_is_object(cfg)) { json_decref(cfg); return; }
+    int changed = 0;
+    if (c->format) {
+        char *err = NULL;
+        json_t *qc = hfq_quant_config_manifest(c->format, h->manifest, &err);
+        if (!qc) die_free(err);
+        json_object_set(cfg, "quantization_config", qc);
+        if (strcmp(c->format, "compressed-tensors")) json_object_set_new(cfg, "torch_dtype", json_string("float16"));
+        const char *extra = hfq_extra_config_name(c->format);
+        if (extra) {
+            char *s = json_dumps(qc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+            qs_header_add_file(h, extra, s, strlen(s));
+            free(s);
+        }
+        json_decref(qc);
+        changed = 1;
+    } else if (json_object_get(cfg, "quantization_config")) {
+        json_object_del(cfg, "quantization_config");
+        changed = 1;
+    }
+    if (c->dtype && !c->format) {
+        json_object_set_new(cfg, "torch_dtype", json_string(c->dtype == DT_F32 ? "float32" : c->dtype == DT_F16 ? "float16" : "bfloat16"));
+        changed = 1;
+    }
+    if (changed) {
+        char *s = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        size_t len = strlen(s);
+        s = realloc(s, len + 2);
+        s[len++] = '\n';
+        qs_header_add_file(h, "config.json", s, len);
+        free(s);
+    }
+    json_decref(cfg);
+}
+
+/* A quantized tensor into its packed stored tensors. */
+static void pack_quantized(qs_reader *r, const qs_tensor *t, const hfq_opts *ho, const qs_tensor *ts,
+                           const stored_map *mp, const layout *L)
+{
+    size_t len;
+    void *data = qs_reader_read_all(r, &len);
+    if (!data) die("%s", qs_reader_error(r));
+    void *outs[QS_MAX_PARTS * 2];
+    for (int j = 0; j < mp->count; j++) outs[j] = malloc(qs_tensor_nbytes(&ts[mp->first + j]) + 1);
+    char *err = NULL;
+    if (hfq_pack_opts(ho, t, data, outs, &err) < 0) die_free(err);
+    for (int j = 0; j < mp->count; j++) {
+        int i = mp->first + j;
+        pwrite_or_die(L->files[L->shard_of[i]].fd, outs[j], qs_tensor_nbytes(&ts[i]), L->offset[i], L->names[L->shard_of[i]]);
+        free(outs[j]);
+    }
+    free(data);
+}
+
+static void write_safetensors(const struct cmdline *c, qs_reader **rs, qs_header *h)
+{
+    hfq_opts ho = { 0 };
+    char *err = NULL;
+    if (c->format && hfq_opts_init(&ho, c->format, &err) < 0) die_free(err);
+    ho.round_scales = c->round_scales;
+    int nm = (int)json_array_size(h->manifest), n;
+    stored_map *map = calloc((size_t)nm + 1, sizeof *map);
+    qs_tensor *ts = plan_stored(c, h, &ho, map, &n);
+    update_config(c, h);
+
+    /* lay out the output, then fill it as tensors stream by */
+    int single = ends_with(c->out, ".safetensors");
+    if (single && c->max_shard) usage_error("--max-shard-size needs a directory output");
+    layout L = { 0 };
+    out_file dir = { 0 };
+    plan_shards(ts, n, c->max_shard, &L);
+    if (!single) out_dir_create(&dir, c->out);
+    write_headers(ts, n, h, &L, &dir, single ? c->out : NULL);
+    progress_start((uint64_t)nm, 0);
+    int m = 0;
+    for (int k = 0; k < c->nins; k++) {
+        const qs_tensor *t;
+        int rc;
+        while ((rc = qs_reader_next(rs[k], &t)) == 1) {
+            const char *want = m < nm ? json_string_value(json_object_get(json_array_get(h->manifest, m), "name")) : NULL;
+            if (!want || strcmp(t->name, want) != 0)
+                die("%s: tensor '%s' is not the one the manifest announced next ('%s')", c->ins[k], t->name,
+                    want ? want : "none");
+            const stored_map *mp = &map[m++];
+            int i = mp->first;
+            if (mp->packed) pack_quantized(rs[k], t, &ho, ts, mp, &L);
+            else if (mp->count) pack_tensor(rs[k], t, &ts[i], L.files[L.shard_of[i]].fd, L.offset[i], L.names[L.shard_of[i]]);
+            else if (qs_tensor_nbytes(t)) die("tensor '%s': an alias with data", t->name);
+            progress_update((uint64_t)m, qs_reader_offset(rs[k]));
+        }
+        if (rc < 0) die("%s", qs_reader_error(rs[k]));
+    }
+    if (m != nm) die("%s: stream ended after %d of the %d tensors its manifest announced", c->ins[c->nins - 1], m, nm);
+    progress_end();
+
+    /* commit: shard files, index, carried files, then the directory */
+    for (int s = 0; s < L.nshards; s++) out_commit(&L.files[s]);
+    if (!single) {
+        if (L.nshards > 1) write_index(&dir, ts, n, &L);
+        write_carried_files(&dir, h);
+        out_dir_commit(&dir);
+    }
+    for (int k = 0; k < n; k++) qs_tensor_clear(&ts[k]);
+    free(ts);
+    free(map);
+}
+
 /* Open every input and build one header: the first input's, with the other
  * inputs' manifests appended and their carried files added. */
 static qs_reader **open_inputs(const struct cmdline *c, qs_header *h, int argc, char **argv)
@@ -606,16 +797,6 @@ static qs_reader **open_inputs(const struct cmdline *c, qs_header *h, int argc, 
     return rs;
 }
 
-static void write_carried_files(out_file *dir, const qs_header *h)
-{
-    for (int f = 0; f < h->nfiles; f++) {
-        const char *fn = h->files[f].name;
-        if (!*fn || fn[0] == '/' || strstr(fn, "..") || ends_with(fn, ".safetensors") ||
-            !strcmp(fn, "model.safetensors.index.json"))
-            die("refusing to write carried file '%s' (unsafe or clashing name)", fn);
-        out_dir_write_file(dir, fn, h->files[f].data, h->files[f].len);
-    }
-}
 
 int main(int argc, char **argv)
 {
@@ -629,74 +810,10 @@ int main(int argc, char **argv)
         dry_run(&c, &h);
         return EXIT_OK;
     }
-    if (c.gguf) {
-        write_gguf(&c, rs, &h);
-        for (int k = 0; k < c.nins; k++) qs_reader_close(rs[k]);
-        free(rs);
-        qs_header_clear(&h);
-        return EXIT_OK;
-    }
-    /* aliases (a stats stream's shared inputs) become "alias:<name>" metadata */
-    int nm = (int)json_array_size(h.manifest), n = 0;
-    qs_tensor *ts = calloc((size_t)nm + 1, sizeof *ts);
-    int *slot = calloc((size_t)nm + 1, sizeof *slot);
-    json_t *aliases = json_object();
-    for (int i = 0; i < nm; i++) {
-        json_t *e = json_array_get(h.manifest, i), *al = json_object_get(e, "alias");
-        slot[i] = al ? -1 : n;
-        if (al) {
-            char key[600];
-            snprintf(key, sizeof key, "alias:%s", json_string_value(json_object_get(e, "name")) ?: "");
-            json_object_set(aliases, key, al);
-        } else {
-            stored_form(&c, e, &ts[n++]);
-        }
-    }
-    json_object_set_new(h.meta, "qpack_aliases", aliases);
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < i; j++)
-            if (!strcmp(ts[i].name, ts[j].name)) die("tensor '%s' appears twice in the input", ts[i].name);
-
-    /* lay out the output, then fill it as tensors stream by */
-    int single = ends_with(c.out, ".safetensors");
-    if (single && c.max_shard) usage_error("--max-shard-size needs a directory output");
-    layout L = { 0 };
-    out_file dir = { 0 };
-    plan_shards(ts, n, c.max_shard, &L);
-    if (!single) out_dir_create(&dir, c.out);
-    write_headers(ts, n, &h, &L, &dir, single ? c.out : NULL);
-    progress_start((uint64_t)nm, 0);
-    int m = 0;
-    for (int k = 0; k < c.nins; k++) {
-        const qs_tensor *t;
-        int rc;
-        while ((rc = qs_reader_next(rs[k], &t)) == 1) {
-            const char *want = m < nm ? json_string_value(json_object_get(json_array_get(h.manifest, m), "name")) : NULL;
-            if (!want || strcmp(t->name, want) != 0)
-                die("%s: tensor '%s' is not the one the manifest announced next ('%s')", c.ins[k], t->name,
-                    want ? want : "none");
-            int i = slot[m++];
-            if (i >= 0) pack_tensor(rs[k], t, &ts[i], L.files[L.shard_of[i]].fd, L.offset[i], L.names[L.shard_of[i]]);
-            else if (qs_tensor_nbytes(t)) die("tensor '%s': an alias with data", t->name);
-            progress_update((uint64_t)m, qs_reader_offset(rs[k]));
-        }
-        if (rc < 0) die("%s", qs_reader_error(rs[k]));
-    }
-    if (m != nm) die("%s: stream ended after %d of the %d tensors its manifest announced", c.ins[c.nins - 1], m, nm);
-    progress_end();
-
-    /* commit: shard files, index, carried files, then the directory */
-    for (int s = 0; s < L.nshards; s++) out_commit(&L.files[s]);
-    if (!single) {
-        if (L.nshards > 1) write_index(&dir, ts, n, &L);
-        write_carried_files(&dir, &h);
-        out_dir_commit(&dir);
-    }
+    if (c.gguf) write_gguf(&c, rs, &h);
+    else write_safetensors(&c, rs, &h);
     for (int k = 0; k < c.nins; k++) qs_reader_close(rs[k]);
     free(rs);
     qs_header_clear(&h);
-    for (int k = 0; k < n; k++) qs_tensor_clear(&ts[k]);
-    free(ts);
-    free(slot);
     return EXIT_OK;
 }

@@ -2,6 +2,7 @@
  * source.h). Owns the HF-directory logic: which weight file a directory
  * means (transformers' preference order) and which files are carried. */
 #include "source.h"
+#include "hfquant.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -158,6 +159,15 @@ static char *only_file(const char *dir, const char *suffix)
     return found;
 }
 
+/* A GPTQ / AWQ / compressed-tensors checkpoint (said by its config.json)
+ * is presented in the qstream's quantized form; others are returned as is. */
+static qsrc *quantized_view(qsrc *s, char **errp)
+{
+    qsrc *q = hfq_wrap_source(s, errp);
+    if (!q) qsrc_close(s);
+    return q;
+}
+
 static qsrc *open_dir(const char *dir, char **errp)
 {
     static const char *prefer[] = { "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -179,7 +189,7 @@ static qsrc *open_dir(const char *dir, char **errp)
     if (carry_dir_files(s, dir, errp) < 0) { qsrc_close(s); return NULL; }
     free(s->path);
     s->path = strdup(dir);
-    return s;
+    return quantized_view(s, errp);
 }
 
 qsrc *qsrc_open(const char *path, char **errp)
@@ -212,7 +222,10 @@ qsrc *qsrc_open(const char *path, char **errp)
     int is_archive = is_zip || (k >= 2 && m[0] == 0x1f && m[1] == 0x8b) ||
                      (k >= 4 && memcmp(m, "\x28\xb5\x2f\xfd", 4) == 0) || (k >= 3 && memcmp(m, "BZh", 3) == 0) ||
                      (k >= 6 && memcmp(m, "\xfd" "7zXZ", 5) == 0) || (k >= 262 && memcmp(m + 257, "ustar", 5) == 0);
-    if (is_archive) return archive_open(path, errp);
+    if (is_archive) {
+        qsrc *a = archive_open(path, errp);
+        return a ? quantized_view(a, errp) : NULL;
+    }
     if (k >= 8 && (ends_with(path, ".bin") || ends_with(path, ".pt") || ends_with(path, ".pth")) && m[0] == 0x80) {
         *errp = qsrc_errf("%s: legacy (non-zip) PyTorch checkpoint: re-save it with torch >= 1.6", path);
         return NULL;
