@@ -29,3 +29,38 @@ fails_cleanly() {
 same_tensors() {
     python3 "$ROOT/tests/tools/st_compare.py" "$1" "$2"
 }
+
+# VALGRIND=1: every qpipe tool found through PATH runs under valgrind
+# memcheck (`valgrind --error-exitcode=99 --leak-check=full -q`), via wrapper
+# scripts that exec it (so signals sent to the tool's pid reach it). Each
+# process writes its report to $VALGRIND_LOGS/<tool>.<pid>.log (default
+# ${TMPDIR:-/tmp}/qpipe-valgrind-logs); a clean run leaves only empty logs:
+#   VALGRIND=1 bats tests/cli/; find "${TMPDIR:-/tmp}/qpipe-valgrind-logs" -type f -size +0
+# Without VALGRIND nothing here changes PATH or any function.
+if [ "${VALGRIND:-0}" = 1 ]; then
+    VALGRIND_LOGS="${VALGRIND_LOGS:-${TMPDIR:-/tmp}/qpipe-valgrind-logs}"
+    VALGRIND_BIN="${TMPDIR:-/tmp}/qpipe-valgrind-bin.$(id -u)"
+    mkdir -p "$VALGRIND_LOGS" "$VALGRIND_BIN"
+    for _vg_tool in "$ROOT"/bin/q*; do
+        [ -x "$_vg_tool" ] || continue
+        _vg_name="${_vg_tool##*/}"
+        _vg_tmp="$VALGRIND_BIN/.$_vg_name.$$"
+        printf '#!/bin/sh\nexec valgrind --error-exitcode=99 --leak-check=full -q --log-file=%s/%s.%%p.log %s "$@"\n' \
+            "$VALGRIND_LOGS" "$_vg_name" "$_vg_tool" > "$_vg_tmp"
+        chmod +x "$_vg_tmp"
+        mv -f "$_vg_tmp" "$VALGRIND_BIN/$_vg_name"
+    done
+    unset _vg_tool _vg_name _vg_tmp
+    PATH="$VALGRIND_BIN:$PATH"
+    export VALGRIND VALGRIND_LOGS
+    # a failure with memcheck errors is never a clean failure: look for
+    # non-empty reports written while the command ran
+    eval "_fails_cleanly_plain() $(declare -f fails_cleanly | tail -n +2)"
+    fails_cleanly() {
+        local mark="$T/.valgrind-mark" bad
+        : > "$mark"
+        _fails_cleanly_plain "$@" || return 1
+        bad=$(find "$VALGRIND_LOGS" -type f -newer "$mark" -size +0 2>/dev/null)
+        if [ -n "$bad" ]; then echo "valgrind errors for: $1"; cat $bad; return 1; fi
+    }
+fi

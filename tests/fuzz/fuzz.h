@@ -143,9 +143,11 @@ static inline unsigned fz_drain_source(qsrc *s)
     return sum;
 }
 
-/* A reader that returns NULL must say why. */
+/* A reader that returns NULL must say why. With FUZZ_DEBUG set, the
+ * outcome is printed (to see which path a seed takes). */
 static inline void fz_check_error(const void *result, char *err, const char *what)
 {
+    if (getenv("FUZZ_DEBUG")) fprintf(stderr, "%s: %s\n", what, result ? "ok" : err ? err : "(no message)");
     if (!result && !err) { fprintf(stderr, "fuzz: %s failed without a message\n", what); abort(); }
     if (result && err) { fprintf(stderr, "fuzz: %s succeeded but set a message: %s\n", what, err); abort(); }
     free(err);

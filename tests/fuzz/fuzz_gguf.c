@@ -27,7 +27,7 @@ static void parse(const uint8_t *data, size_t size)
         gguf_file_close(f);
     }
     err = NULL;
-    f = gguf_file_parse_ex(data, size, (uint64_t)size + 4096, "fuzz", &err);
+    f = gguf_file_parse_ex(data, size, (uint64_t)size * 128 + 4096, "fuzz", &err);
     fz_check_error(f, err, "gguf_file_parse_ex");
     gguf_file_close(f);
 }
