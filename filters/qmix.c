@@ -16,12 +16,15 @@
  */
 #include "awq.h"
 #include "cli.h"
+#include "dequant.h"
 #include "dtype.h"
 #include "gptq.h"
+#include "llama.h"
 #include "mix.h"
 #include "qstream.h"
 #include "quant.h"
 #include "stats.h"
+#include "tokenizer.h"
 
 #include <errno.h>
 #include <math.h>
@@ -45,6 +48,13 @@ static const char usage[] =
     "                      'GRID:BITS:GROUPS;...' with GRID int, sym or nf4, or 'f16'\n"
     "  --gptq              estimate losses with GPTQ instead of RTN (and --apply with GPTQ)\n"
     "  --apply             write the tensors quantized with their settings\n"
+    "  --measure-text FILE calibrate the estimates end to end: per tensor, the KL divergence of\n"
+    "                      the model with only that tensor at the menu's cheapest setting, on\n"
+    "                      FILE (use calibration text, not the evaluation text); every setting's\n"
+    "                      estimate of that tensor is scaled by KL / estimate. One forward pass\n"
+    "                      per tensor; holds the model in f32 twice\n"
+    "  --measure-tokens F  the same with token ids (uint32 LE)\n"
+    "  --measure-len N     tokens used by --measure-* (default 4096), in windows of 256\n"
     "  --report FILE       write the allocation table to FILE (default: stderr unless -q)\n"
     "  --include GLOBS     allocate over these tensors instead of the default linears\n"
     "  --exclude GLOBS     never these\n"
@@ -62,8 +72,8 @@ static const char default_linears[] =
 struct cmdline {
     double avg_bits;
     uint64_t max_size;
-    const char *stats_path, *menu_spec, *report, *include, *exclude;
-    int gptq, apply, force, threads;
+    const char *stats_path, *menu_spec, *report, *include, *exclude, *measure_text, *measure_tokens;
+    int gptq, apply, force, threads, measure_len;
 };
 
 static void parse_cmdline(int argc, char **argv, struct cmdline *c)
@@ -71,11 +81,13 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
     memset(c, 0, sizeof *c);
     c->menu_spec = MIX_DEFAULT_MENU;
     c->threads = default_threads();
+    c->measure_len = 4096;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = v && (!strcmp(a, "--stats") || !strcmp(a, "--avg-bits") || !strcmp(a, "--max-size")
                           || !strcmp(a, "--menu") || !strcmp(a, "--report") || !strcmp(a, "--include")
-                          || !strcmp(a, "--exclude") || !strcmp(a, "--threads"));
+                          || !strcmp(a, "--exclude") || !strcmp(a, "--threads") || !strcmp(a, "--measure-text")
+                          || !strcmp(a, "--measure-tokens") || !strcmp(a, "--measure-len"));
         if (!strcmp(a, "--stats") && v) c->stats_path = v;
         else if (!strcmp(a, "--avg-bits") && v) c->avg_bits = parse_double("--avg-bits", v, 0.01, 64);
         else if (!strcmp(a, "--max-size") && v) c->max_size = parse_size("--max-size", v);
@@ -84,6 +96,9 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else if (!strcmp(a, "--include") && v) c->include = v;
         else if (!strcmp(a, "--exclude") && v) c->exclude = v;
         else if (!strcmp(a, "--threads") && v) c->threads = (int)parse_long("--threads", v, 1, 1024);
+        else if (!strcmp(a, "--measure-text") && v) c->measure_text = v;
+        else if (!strcmp(a, "--measure-tokens") && v) c->measure_tokens = v;
+        else if (!strcmp(a, "--measure-len") && v) c->measure_len = (int)parse_long("--measure-len", v, 2, 1 << 24);
         else if (!strcmp(a, "--gptq")) c->gptq = 1;
         else if (!strcmp(a, "--apply")) c->apply = 1;
         else if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
@@ -93,6 +108,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
     }
     if (!c->stats_path) usage_error("needs --stats FILE (calibration statistics from qcal)");
     if ((c->avg_bits > 0) == (c->max_size > 0)) usage_error("give one budget: --avg-bits B or --max-size SIZE");
+    if (c->measure_text && c->measure_tokens) usage_error("--measure-text and --measure-tokens: give one");
 }
 
 /*-*** Tensors and their choices ***/
@@ -101,7 +117,8 @@ typedef struct {
     char *name;
     int64_t rows, cols;
     uint64_t *size;             /* [nmenu] bits */
-    double *loss;               /* [nmenu] */
+    double *loss;               /* [nmenu] estimates used by the allocation */
+    double factor;              /* --measure: KL / estimate at the reference setting, else 1 */
     int choice;
 } mtensor;
 
@@ -166,6 +183,7 @@ static void measure(state *S, qs_reader *r, qs_writer *spool)
         m->cols = t->shape[1];
         m->size = malloc((size_t)S->nmenu * sizeof *m->size);
         m->loss = malloc((size_t)S->nmenu * sizeof *m->loss);
+        m->factor = 1;
         if (!m->name || !m->size || !m->loss) die("out of memory");
         void *raw;
         float *w = read_f32(r, t, &raw);
@@ -181,6 +199,213 @@ static void measure(state *S, qs_reader *r, qs_writer *spool)
         progress_update(++done, 0);
     }
     if (rc < 0) die("stdin: %s", qs_reader_error(r));
+}
+
+/*-*** --measure-*: end-to-end calibration of the estimates ***/
+
+/* Every tensor of the spooled stream in f32, served to llama_load; one
+ * tensor can be overridden by a trial value. */
+typedef struct {
+    char *name;
+    float *w;
+    int ndim;
+    int64_t shape[QS_MAX_DIMS];
+} wt;
+
+typedef struct {
+    wt *t;
+    int n;
+    const char *over;           /* name of the overridden tensor, or NULL */
+    const float *over_w;
+} wstore;
+
+static int store_get(void *ctx, const char *name, float **data, int64_t *shape, int *ndim, char **errp)
+{
+    const wstore *ws = ctx;
+    (void)errp;
+    for (int i = 0; i < ws->n; i++) {
+        const wt *t = &ws->t[i];
+        if (strcmp(t->name, name)) continue;
+        const int64_t n = qs_numel(t->ndim, t->shape);
+        if (!(*data = malloc((size_t)(n ? n : 1) * sizeof **data))) return -1;
+        memcpy(*data, ws->over && !strcmp(ws->over, name) ? ws->over_w : t->w, (size_t)n * sizeof **data);
+        memcpy(shape, t->shape, sizeof t->shape);
+        *ndim = t->ndim;
+        return 1;
+    }
+    return 0;
+}
+
+static void store_load(int fd, wstore *ws)
+{
+    char *err = NULL;
+    qs_reader *r = qs_reader_open_fd(fd, "spool", &err);
+    const qs_tensor *t;
+    int rc;
+    if (!r) die("spool: %s", err);
+    memset(ws, 0, sizeof *ws);
+    while ((rc = qs_reader_next(r, &t)) == 1) {
+        size_t len;
+        void *raw = qs_reader_read_all(r, &len);
+        if (!raw) die("spool: %s", qs_reader_error(r));
+        if (!(ws->t = realloc(ws->t, (size_t)(ws->n + 1) * sizeof *ws->t))) die("out of memory");
+        wt *e = &ws->t[ws->n++];
+        if (!(e->w = tensor_to_f32(t, raw, len, &err))) die_free(err);
+        if (!(e->name = strdup(t->name))) die("out of memory");
+        e->ndim = t->ndim;
+        memcpy(e->shape, t->shape, sizeof e->shape);
+        free(raw);
+    }
+    if (rc < 0) die("spool: %s", qs_reader_error(r));
+    qs_reader_close(r);
+}
+
+static void store_free(wstore *ws)
+{
+    for (int i = 0; i < ws->n; i++) { free(ws->t[i].name); free(ws->t[i].w); }
+    free(ws->t);
+}
+
+static uint32_t *measure_ids(const struct cmdline *c, const qs_header *h, int *n)
+{
+    size_t len;
+    char *err = NULL;
+    uint8_t *d = read_file_or_die(c->measure_text ? c->measure_text : c->measure_tokens, &len);
+    uint32_t *ids;
+    if (c->measure_tokens) {
+        if (len < 8 || len % 4) die("%s: not a whole number (>= 2) of uint32 ids", c->measure_tokens);
+        if (!(ids = malloc(len))) die("out of memory");
+        for (size_t i = 0; i < len / 4; i++)
+            ids[i] = (uint32_t)d[4 * i] | (uint32_t)d[4 * i + 1] << 8 | (uint32_t)d[4 * i + 2] << 16 | (uint32_t)d[4 * i + 3] << 24;
+        *n = (int)(len / 4 < (size_t)c->measure_len ? len / 4 : (size_t)c->measure_len);
+    } else {
+        const qs_file *tj = qs_header_file(h, "tokenizer.json"), *tc = qs_header_file(h, "tokenizer_config.json");
+        if (!tj) die("--measure-text: the stream carries no tokenizer.json (use --measure-tokens)");
+        tokenizer *tk = tokenizer_load((const char *)tj->data, tj->len, tc ? (const char *)tc->data : NULL,
+                                       tc ? tc->len : 0, &err);
+        if (!tk) die("tokenizer.json: %s", err);
+        int64_t k = tokenizer_encode(tk, (const char *)d, len, 1, &ids, &err);
+        tokenizer_free(tk);
+        if (k < 0) die("%s: %s", c->measure_text, err);
+        if (k < 2) die("%s: fewer than 2 tokens", c->measure_text);
+        *n = (int)(k < c->measure_len ? k : c->measure_len);
+    }
+    free(d);
+    return ids;
+}
+
+/* Log-probabilities (n, V) of windows of ctx tokens (each window from scratch). */
+static float *window_logp(llama_model *m, const uint32_t *ids, int n, int ctx, int V)
+{
+    char *err = NULL;
+    llama_state *st = llama_state_new(m, ctx, ctx, &err);
+    float *lp = malloc((size_t)n * (size_t)V * sizeof *lp);
+    if (!st || !lp) die("measure: %s", err ? err : "out of memory");
+    for (int off = 0; off < n; off += ctx) {
+        int L = n - off < ctx ? n - off : ctx;
+        llama_state_reset(st);
+        if (llama_eval(m, st, ids + off, L, lp + (size_t)off * V, 0, &err) < 0) die("measure: %s", err);
+        for (int j = off; j < off + L; j++) {
+            float *row = lp + (size_t)j * V;
+            double ls = llama_logsumexp(row, V);
+            for (int v = 0; v < V; v++) row[v] = (float)(row[v] - ls);
+        }
+    }
+    llama_state_free(st);
+    return lp;
+}
+
+/* Mean KL(base || trial) per token. */
+static double mean_kl(const float *base, const float *trial, int n, int V)
+{
+    double sum = 0;
+    for (int j = 0; j < n; j++) {
+        double kl = 0;
+        for (int v = 0; v < V; v++) {
+            const double a = base[(size_t)j * V + v];
+            kl += exp(a) * (a - trial[(size_t)j * V + v]);
+        }
+        sum += kl > 0 ? kl : 0;
+    }
+    return sum / n;
+}
+
+/* The menu's cheapest setting for a [rows, cols] tensor (the reference). */
+static int cheapest(const state *S, const mtensor *m)
+{
+    int best = -1;
+    for (int k = 0; k < S->nmenu; k++)
+        if (isfinite(m->loss[k]) && !S->menu[k].keep_f16 && (best < 0 || m->size[k] < m->size[best])) best = k;
+    return best;
+}
+
+static float *dequantized(const state *S, const mix_setting *s, const float *w, const char *name, int64_t rows, int64_t cols)
+{
+    char *err = NULL;
+    float *q = malloc((size_t)(rows * cols) * sizeof *q);
+    if (!q) die("out of memory");
+    if (S->c->gptq && s->grid.scheme == QUANT_INT) {
+        gptq_opts o;
+        gptq_result res;
+        gptq_opts_default(&o);
+        o.grid = s->grid;
+        o.threads = S->c->threads;
+        if (gptq_quantize(w, rows, cols, stats_get(S->st, name, "hessian", &(size_t){ 0 }), &o, &res, &err))
+            die("'%s': %s", name, err);
+        memcpy(q, res.q, (size_t)(rows * cols) * sizeof *q);
+        gptq_result_free(&res);
+        return q;
+    }
+    const int64_t ng = quant_ngroups(&s->grid, cols);
+    uint8_t *codes = malloc((size_t)(rows * cols));
+    float *sc = malloc((size_t)(rows * ng) * sizeof *sc), *zr = malloc((size_t)(rows * ng) * sizeof *zr);
+    if (!codes || !sc || !zr) die("out of memory");
+    if (quant_rtn(&s->grid, NULL, w, rows, cols, codes, sc, zr, q, S->c->threads, &err)) die("'%s': %s", name, err);
+    free(codes); free(sc); free(zr);
+    return q;
+}
+
+/* Scale each tensor's estimates so that, at its cheapest setting, the
+ * estimate equals the measured KL of quantizing that tensor alone. */
+static void calibrate(state *S, int fd, const qs_header *h)
+{
+    const qs_file *cfg = qs_header_file(h, "config.json");
+    if (!cfg) die("--measure: the stream carries no config.json");
+    wstore ws;
+    char *err = NULL;
+    store_load(fd, &ws);
+    int n;
+    uint32_t *ids = measure_ids(S->c, h, &n);
+    llama_model *m = llama_load((const char *)cfg->data, cfg->len, store_get, &ws, &err);
+    if (!m) die("--measure: %s", err);
+    llama_set_threads(m, S->c->threads);
+    const int V = llama_model_config(m)->vocab, ctx = llama_model_config(m)->max_pos < 256 ? llama_model_config(m)->max_pos : 256;
+    for (int i = 0; i < n; i++) if ((int)ids[i] >= V) die("--measure: token id %u outside the vocabulary", ids[i]);
+    float *base = window_logp(m, ids, n, ctx, V);
+    llama_free(m);
+    for (int i = 0; i < S->nt; i++) {
+        mtensor *t = &S->t[i];
+        int k = cheapest(S, t), j;
+        for (j = 0; j < ws.n && strcmp(ws.t[j].name, t->name); j++) {}
+        if (k < 0 || j == ws.n || !(t->loss[k] > 0)) continue;
+        float *q = dequantized(S, &S->menu[k], ws.t[j].w, t->name, t->rows, t->cols);
+        ws.over = t->name;
+        ws.over_w = q;
+        if (!(m = llama_load((const char *)cfg->data, cfg->len, store_get, &ws, &err))) die("--measure: %s", err);
+        llama_set_threads(m, S->c->threads);
+        float *lp = window_logp(m, ids, n, ctx, V);
+        const double kl = mean_kl(base, lp, n, V);
+        t->factor = kl / t->loss[k];
+        for (int c = 0; c < S->nmenu; c++) t->loss[c] *= t->factor;
+        info_msg("'%s': KL %.6g at %d bits, factor %.4g", t->name, kl, S->menu[k].grid.bits, t->factor);
+        free(lp);
+        free(q);
+        llama_free(m);
+        ws.over = NULL;
+    }
+    free(base);
+    free(ids);
+    store_free(&ws);
 }
 
 /*-*** Allocation and report ***/
@@ -398,6 +623,12 @@ int main(int argc, char **argv)
     measure(&S, r, sw);
     if (qs_writer_close(sw, &err) < 0) die("spool: %s", err);
     if (lseek(fd, 0, SEEK_SET) != 0) die_errno("spool: cannot rewind");
+    if (c.measure_text || c.measure_tokens) {
+        int dfd = dup(fd);   // the store's reader closes its descriptor
+        if (dfd < 0) die_errno("spool");
+        calibrate(&S, dfd, qs_reader_header(r));
+        if (lseek(fd, 0, SEEK_SET) != 0) die_errno("spool: cannot rewind");
+    }
 
     FILE *rep = NULL;
     out_file ro;
