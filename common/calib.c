@@ -32,6 +32,7 @@ typedef struct {
     float    mn, mx;            /* min / max x */
     uint64_t *hist;             /* (bins) counts of |x| in [0, R) */
     double   R;                 /* 0 until the first non-zero value */
+    int      written;           /* on the stream; accumulators freed */
 } group;
 
 struct calib {
@@ -63,11 +64,37 @@ calib *calib_new(int bins, char **errp)
     return c;
 }
 
+/* Free the accumulators (kept: names, d, n, range). */
+static void group_release(group *g)
+{
+    free(g->H); free(g->sx2); free(g->sabs); free(g->amax); free(g->hist);
+    g->H = g->sx2 = g->sabs = NULL;
+    g->amax = NULL;
+    g->hist = NULL;
+}
+
 static void group_clear(group *g)
 {
     for (int i = 0; i < g->nnames; i++)
         free(g->names[i]);
-    free(g->names); free(g->H); free(g->sx2); free(g->sabs); free(g->amax); free(g->hist);
+    free(g->names);
+    group_release(g);
+}
+
+/* The accumulators, zero, allocated at the group's first data (or its write). */
+static int group_alloc(const calib *c, group *g, char **errp)
+{
+    size_t d = (size_t)g->d;
+    g->H = calloc(d * d, sizeof *g->H);
+    g->sx2 = calloc(d, sizeof *g->sx2);
+    g->sabs = calloc(d, sizeof *g->sabs);
+    g->amax = calloc(d, sizeof *g->amax);
+    g->hist = calloc((size_t)c->bins, sizeof *g->hist);
+    if (g->H && g->sx2 && g->sabs && g->amax && g->hist)
+        return 0;
+    group_release(g);
+    return fail(errp, "out of memory for the statistics of '%s' (d_in %d: %.1f MiB)", g->names[0], g->d,
+                (double)d * d * sizeof(double) / 1048576.0);
 }
 
 void calib_free(calib *c)
@@ -96,6 +123,7 @@ static group *group_find(calib *c, const char *name)
     return NULL;
 }
 
+/* A new group, its accumulators not yet allocated. */
 static group *group_add(calib *c, const char *const *names, int nnames, int d, char **errp)
 {
     group *ng = realloc(c->g, (size_t)(c->ng + 1) * sizeof *ng);
@@ -110,12 +138,7 @@ static group *group_add(calib *c, const char *const *names, int nnames, int d, c
     g->mn = INFINITY;
     g->mx = -INFINITY;
     g->names = calloc((size_t)nnames, sizeof *g->names);
-    g->H = calloc((size_t)d * d, sizeof *g->H);
-    g->sx2 = calloc((size_t)d, sizeof *g->sx2);
-    g->sabs = calloc((size_t)d, sizeof *g->sabs);
-    g->amax = calloc((size_t)d, sizeof *g->amax);
-    g->hist = calloc((size_t)c->bins, sizeof *g->hist);
-    int bad = !g->names || !g->H || !g->sx2 || !g->sabs || !g->amax || !g->hist;
+    int bad = !g->names;
     for (int i = 0; !bad && i < nnames; i++, g->nnames++)
         bad = !(g->names[i] = strdup(names[i]));
     if (bad) {
@@ -125,6 +148,16 @@ static group *group_add(calib *c, const char *const *names, int nnames, int d, c
     }
     c->ng++;
     return g;
+}
+
+int calib_declare(void *ctx, const char *const *names, int nnames, int d_in, char **errp)
+{
+    calib *c = ctx;
+    if (d_in < 1 || nnames < 1)
+        return fail(errp, "'%s': bad input width %d", nnames > 0 ? names[0] : "?", d_in);
+    if (group_find(c, names[0]))
+        return fail(errp, "'%s' declared twice", names[0]);
+    return group_add(c, names, nnames, d_in, errp) ? 0 : -1;
 }
 
 /* Grow R (doubling, merging bin pairs) until m < R. */
@@ -185,6 +218,10 @@ int calib_hook(void *ctx, const char *const *names, int nnames, const float *x, 
         return -1;
     if (g->d != d_in)
         return fail(errp, "'%s': input width %d, earlier %d", names[0], d_in, g->d);
+    if (g->written)
+        return fail(errp, "'%s': more data after its statistics were written", names[0]);
+    if (!g->H && group_alloc(c, g, errp) < 0)
+        return -1;
     size_t need = (size_t)n * d_in;
     if (need > c->xd_cap) {
         double *p = realloc(c->xd, need * sizeof *p);
@@ -304,22 +341,57 @@ static int group_write(const calib *c, const group *g, qs_writer *w, float *buf)
     return 0;
 }
 
-int calib_write(const calib *c, qs_writer *w, char **errp)
+/* Write groups [0, upto) not yet written (a group with no data as zeros), and
+ * free their accumulators. */
+static int write_groups(calib *c, int upto, qs_writer *w, char **errp)
 {
     int maxd = c->bins;
-    for (int i = 0; i < c->ng; i++)
+    for (int i = 0; i < upto; i++)
         if (c->g[i].d > maxd)
             maxd = c->g[i].d;
     float *buf = malloc((size_t)maxd * sizeof *buf);
     if (!buf)
         return fail(errp, "out of memory");
     int rc = 0;
-    for (int i = 0; rc == 0 && i < c->ng; i++)
-        rc = group_write(c, &c->g[i], w, buf);
+    for (int i = 0; rc == 0 && i < upto; i++) {
+        group *g = &c->g[i];
+        if (g->written)
+            continue;
+        if (!g->H && group_alloc(c, g, errp) < 0) {
+            free(buf);
+            return -1;
+        }
+        rc = group_write(c, g, w, buf);
+        group_release(g);
+        g->written = 1;
+    }
     free(buf);
     if (rc < 0) {
         const char *e = qs_writer_error(w);
         return fail(errp, "%s", e && *e ? e : "cannot write statistics");
     }
     return 0;
+}
+
+int calib_write(calib *c, qs_writer *w, char **errp)
+{
+    return write_groups(c, c->ng, w, errp);
+}
+
+int calib_flush(calib *c, qs_writer *w, char **errp)
+{
+    int upto = 0;
+    while (upto < c->ng && (c->g[upto].written || c->g[upto].H))
+        upto++;
+    return write_groups(c, upto, w, errp);
+}
+
+size_t calib_bytes(const calib *c)
+{
+    size_t b = c->xd_cap * sizeof *c->xd;
+    for (int i = 0; i < c->ng; i++)
+        if (c->g[i].H)
+            b += ((size_t)c->g[i].d * c->g[i].d + 2 * (size_t)c->g[i].d) * sizeof(double) +
+                 (size_t)c->g[i].d * sizeof(float) + (size_t)c->bins * sizeof(uint64_t);
+    return b;
 }

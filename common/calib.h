@@ -39,7 +39,8 @@ calib *calib_new(int bins, char **errp);
 void   calib_free(calib *c);
 
 /* The llama_hook_fn to pass to llama_set_hook(m, calib_hook, c). Fails on
- * out of memory or if a name group reappears with another d_in. */
+ * out of memory, if a name group reappears with another d_in, or if its
+ * statistics were already written. */
 int calib_hook(void *ctx, const char *const *names, int nnames, const float *x, int n,
                int d_in, char **errp);
 
@@ -47,9 +48,27 @@ int calib_hook(void *ctx, const char *const *names, int nnames, const float *x, 
 int     calib_groups(const calib *c);
 int64_t calib_tokens(const calib *c);
 
+/* Declare a group before any data (a llama_input_fn: pass calib_declare and
+ * c to llama_inputs), so that the manifest, and with it the writer, can be
+ * made before the run, and groups written as soon as they are complete
+ * (calib_flush). Accumulators are allocated at a group's first data, not
+ * here. Fails on a bad width, a name declared twice, or out of memory. */
+int calib_declare(void *ctx, const char *const *names, int nnames, int d_in, char **errp);
+
 /* Append each tensor's manifest entry to h (before opening the writer). */
 int calib_manifest(const calib *c, qs_header *h, char **errp);
-/* Write every statistic tensor, in the order of calib_manifest. */
-int calib_write(const calib *c, qs_writer *w, char **errp);
+/* Write the statistic tensors of every group not yet written, in the order
+ * of calib_manifest (a declared group that saw no data: zeros, n_tokens 0),
+ * and free their accumulators. */
+int calib_write(calib *c, qs_writer *w, char **errp);
+/* Write, and free the accumulators of, the leading groups that have data,
+ * stopping at the first group (in manifest order) that has none yet. Call it
+ * when every group with data is complete, e.g. after each layer of a
+ * layer-major run: memory then holds one layer's statistics, not all of them.
+ * Data for a written group is an error (calib_hook fails). */
+int calib_flush(calib *c, qs_writer *w, char **errp);
+/* Bytes the accumulators hold now (Hessians d_in² × 8 per group with data,
+ * plus per-channel sums, histograms and scratch). Can't fail. */
+size_t calib_bytes(const calib *c);
 
 #endif

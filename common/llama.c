@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <jansson.h>
 
 #include "dequant.h"
@@ -70,8 +71,20 @@ typedef struct {
     void *arg;
 } pool;
 
+/* Where a layer-streamed model's weights come from (see llama.h). */
+typedef struct {
+    llama_get_fn get;
+    void *ctx;
+    /* optional: 1 and the shape if the tensor exists, 0 if absent, -1 unknown */
+    int (*info)(void *ctx, const char *name, int64_t *shape, int *ndim);
+    int (*finish)(void *ctx, char **errp);     /* optional */
+    void (*close)(void *ctx);                  /* optional */
+} wsrc;
+
 struct llama_model {
     llama_config cfg;
+    int streamed;               /* weights loaded per layer from ws */
+    wsrc ws;
     int rope_kind;              /* 0 default, 1 linear, 2 llama3 */
     double rope_factor, rope_low, rope_high, rope_orig;
     float *embed;               /* (vocab, dim) */
@@ -86,6 +99,7 @@ struct llama_model {
 
 struct llama_state {
     int ctx, max_batch, pos;
+    int kvd, width;             /* per-layer cache row width; scratch floats per token */
     float *kcache, *vcache;     /* (n_layers, ctx, n_kv_heads * head_dim) */
     float *rope_cos, *rope_sin; /* (ctx, head_dim / 2) */
     float *x;                   /* (max_batch, dim) residual stream */
@@ -246,6 +260,20 @@ static void shape_str(char *buf, size_t n, const int64_t *shape, int ndim)
         snprintf(buf + o, n - o, "]");
 }
 
+/* Does shape[0..ndim) equal [d0, d1] (d1 = 0: [d0])? 0, or -1 + *errp. */
+static int shape_check(const char *name, const int64_t *shape, int ndim, int64_t d0, int64_t d1,
+                       char **errp)
+{
+    int64_t want[2] = { d0, d1 };
+    int wdim = d1 ? 2 : 1;
+    if (ndim == wdim && shape[0] == d0 && (wdim == 1 || shape[1] == d1))
+        return 0;
+    char have[128], exp[64];
+    shape_str(have, sizeof have, shape, ndim);
+    shape_str(exp, sizeof exp, want, wdim);
+    return fail(errp, "'%s' has shape %s but config.json implies %s", name, have, exp);
+}
+
 /* Fetch `name` with the expected shape (d1 = 0: 1-D). optional: absent -> 0. */
 static int weight_get(llama_get_fn get, void *ctx, const char *name, int64_t d0, int64_t d1,
                       int optional, float **out, char **errp)
@@ -259,54 +287,96 @@ static int weight_get(llama_get_fn get, void *ctx, const char *name, int64_t d0,
         return e ? (*errp = e, -1) : fail(errp, "%s: cannot read", name);
     if (r == 0)
         return optional ? 0 : fail(errp, "missing tensor '%s'", name);
-    int64_t want[2] = { d0, d1 };
-    int wdim = d1 ? 2 : 1;
-    int ok = ndim == wdim && shape[0] == d0 && (wdim == 1 || shape[1] == d1);
-    if (!ok) {
-        char have[128], exp[64];
-        shape_str(have, sizeof have, shape, ndim);
-        shape_str(exp, sizeof exp, want, wdim);
+    if (shape_check(name, shape, ndim, d0, d1, errp) < 0) {
         free(data);
-        return fail(errp, "'%s' has shape %s but config.json implies %s", name, have, exp);
+        return -1;
     }
     *out = data;
     return 1;
 }
 
-static int layer_load(llama_model *m, int l, llama_get_fn get, void *ctx, char **errp)
+/* One tensor a layer needs: name, expected shape (d1 = 0: 1-D), where it goes. */
+typedef struct {
+    char    name[128];
+    int64_t d0, d1;
+    int     optional;
+    float **dst;
+} wspec;
+
+enum { LAYER_SPECS = 2 + 2 * LIN_COUNT };
+
+/* Names and sizes of layer l's linears (valid before any weight is loaded). */
+static void layer_init(llama_model *m, int l)
 {
     const llama_config *c = &m->cfg;
-    layer *L = &m->layers[l];
     int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
     const int dims[LIN_COUNT][2] = {
         { c->dim, qd }, { c->dim, kvd }, { c->dim, kvd }, { qd, c->dim },
         { c->dim, c->hidden }, { c->dim, c->hidden }, { c->hidden, c->dim },
     };
-    char name[128];
-    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-    if (weight_get(get, ctx, name, c->dim, 0, 0, &L->attn_norm, errp) < 0)
-        return -1;
-    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-    if (weight_get(get, ctx, name, c->dim, 0, 0, &L->ffn_norm, errp) < 0)
-        return -1;
     for (int i = 0; i < LIN_COUNT; i++) {
-        linear *li = &L->lin[i];
+        linear *li = &m->layers[l].lin[i];
         li->din = dims[i][0];
         li->dout = dims[i][1];
         snprintf(li->name, sizeof li->name, "model.layers.%d.%s.weight", l, lin_names[i]);
-        if (weight_get(get, ctx, li->name, li->dout, li->din, 0, &li->w, errp) < 0)
-            return -1;
-        snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, lin_names[i]);
-        if (weight_get(get, ctx, name, li->dout, 0, 1, &li->b, errp) < 0)
-            return -1;
-        if (i == LIN_Q && li->b)
-            m->cfg.qkv_bias = 1;
     }
+}
+
+/* The tensors of layer l in load order: the two norms, then each linear's
+ * weight and optional bias. Fills sp[LAYER_SPECS]. */
+static void layer_specs(llama_model *m, int l, wspec *sp)
+{
+    const llama_config *c = &m->cfg;
+    layer *L = &m->layers[l];
+    snprintf(sp[0].name, sizeof sp[0].name, "model.layers.%d.input_layernorm.weight", l);
+    snprintf(sp[1].name, sizeof sp[1].name, "model.layers.%d.post_attention_layernorm.weight", l);
+    sp[0].d0 = sp[1].d0 = c->dim;
+    sp[0].d1 = sp[1].d1 = 0;
+    sp[0].optional = sp[1].optional = 0;
+    sp[0].dst = &L->attn_norm;
+    sp[1].dst = &L->ffn_norm;
+    for (int i = 0; i < LIN_COUNT; i++) {
+        linear *li = &L->lin[i];
+        wspec *w = &sp[2 + 2 * i], *b = w + 1;
+        snprintf(w->name, sizeof w->name, "%s", li->name);
+        w->d0 = li->dout;
+        w->d1 = li->din;
+        w->optional = 0;
+        w->dst = &li->w;
+        snprintf(b->name, sizeof b->name, "model.layers.%d.%s.bias", l, lin_names[i]);
+        b->d0 = li->dout;
+        b->d1 = 0;
+        b->optional = 1;
+        b->dst = &li->b;
+    }
+}
+
+static int layer_load(llama_model *m, int l, llama_get_fn get, void *ctx, char **errp)
+{
+    wspec sp[LAYER_SPECS];
+    layer_specs(m, l, sp);
+    for (int i = 0; i < LAYER_SPECS; i++)
+        if (weight_get(get, ctx, sp[i].name, sp[i].d0, sp[i].d1, sp[i].optional, sp[i].dst, errp) < 0)
+            return -1;
+    if (m->layers[l].lin[LIN_Q].b)
+        m->cfg.qkv_bias = 1;
     return 0;
 }
 
-llama_model *llama_load(const char *config_json, size_t len, llama_get_fn get, void *ctx,
-                        char **errp)
+static void layer_free(layer *L)
+{
+    free(L->attn_norm);
+    free(L->ffn_norm);
+    L->attn_norm = L->ffn_norm = NULL;
+    for (int i = 0; i < LIN_COUNT; i++) {
+        free(L->lin[i].w);
+        free(L->lin[i].b);
+        L->lin[i].w = L->lin[i].b = NULL;
+    }
+}
+
+/* A model with its config parsed and every layer's linears named, no weights. */
+static llama_model *model_new(const char *config_json, size_t len, char **errp)
 {
     llama_model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -323,6 +393,24 @@ llama_model *llama_load(const char *config_json, size_t len, llama_get_fn get, v
         fail(errp, "out of memory");
         goto err;
     }
+    for (int l = 0; l < c->n_layers; l++)
+        layer_init(m, l);
+    m->head.din = c->dim;
+    m->head.dout = c->vocab;
+    snprintf(m->head.name, sizeof m->head.name, "lm_head.weight");
+    return m;
+err:
+    llama_free(m);
+    return NULL;
+}
+
+llama_model *llama_load(const char *config_json, size_t len, llama_get_fn get, void *ctx,
+                        char **errp)
+{
+    llama_model *m = model_new(config_json, len, errp);
+    if (!m)
+        return NULL;
+    const llama_config *c = &m->cfg;
     if (weight_get(get, ctx, "model.embed_tokens.weight", c->vocab, c->dim, 0, &m->embed, errp) < 0)
         goto err;
     for (int l = 0; l < c->n_layers; l++)
@@ -330,9 +418,6 @@ llama_model *llama_load(const char *config_json, size_t len, llama_get_fn get, v
             goto err;
     if (weight_get(get, ctx, "model.norm.weight", c->dim, 0, 0, &m->final_norm, errp) < 0)
         goto err;
-    m->head.din = c->dim;
-    m->head.dout = c->vocab;
-    snprintf(m->head.name, sizeof m->head.name, "lm_head.weight");
     if (c->tied)
         m->head.w = m->embed;
     else if (weight_get(get, ctx, "lm_head.weight", c->vocab, c->dim, 0, &m->head.w, errp) < 0)
@@ -362,15 +447,11 @@ void llama_free(llama_model *m)
     if (!m)
         return;
     pool_free(m->pool);
-    for (int l = 0; m->layers && l < m->cfg.n_layers; l++) {
-        free(m->layers[l].attn_norm);
-        free(m->layers[l].ffn_norm);
-        for (int i = 0; i < LIN_COUNT; i++) {
-            free(m->layers[l].lin[i].w);
-            free(m->layers[l].lin[i].b);
-        }
-    }
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
+        layer_free(&m->layers[l]);
     free(m->layers);
+    if (m->streamed && m->ws.close)
+        m->ws.close(m->ws.ctx);
     if (m->head.w != m->embed)
         free(m->head.w);
     free(m->embed);
@@ -524,7 +605,10 @@ static void *xcalloc(size_t n, size_t sz, int *bad)
     return p;
 }
 
-llama_state *llama_state_new(const llama_model *m, int ctx, int max_batch, char **errp)
+/* A state whose KV cache holds cache_layers layers (n_layers for llama_eval,
+ * 1 for a batch, which runs one layer at a time). */
+static llama_state *state_new(const llama_model *m, int ctx, int max_batch, int cache_layers,
+                              char **errp)
 {
     const llama_config *c = &m->cfg;
     if (ctx < 1 || max_batch < 1 || max_batch > ctx) {
@@ -541,8 +625,10 @@ llama_state *llama_state_new(const llama_model *m, int ctx, int max_batch, char 
     size_t B = (size_t)max_batch, wide = qd > (size_t)c->dim ? qd : (size_t)c->dim;
     s->ctx = ctx;
     s->max_batch = max_batch;
-    s->kcache = xcalloc((size_t)c->n_layers * ctx * kvd, sizeof(float), &bad);
-    s->vcache = xcalloc((size_t)c->n_layers * ctx * kvd, sizeof(float), &bad);
+    s->kvd = (int)kvd;
+    s->width = (int)((size_t)c->dim * 2 + wide + qd + 2 * kvd + 2 * (size_t)c->hidden);
+    s->kcache = xcalloc((size_t)cache_layers * ctx * kvd, sizeof(float), &bad);
+    s->vcache = xcalloc((size_t)cache_layers * ctx * kvd, sizeof(float), &bad);
     s->rope_cos = xcalloc((size_t)ctx * half, sizeof(float), &bad);
     s->rope_sin = xcalloc((size_t)ctx * half, sizeof(float), &bad);
     s->x = xcalloc(B * c->dim, sizeof(float), &bad);
@@ -567,6 +653,11 @@ llama_state *llama_state_new(const llama_model *m, int ctx, int max_batch, char 
         }
     }
     return s;
+}
+
+llama_state *llama_state_new(const llama_model *m, int ctx, int max_batch, char **errp)
+{
+    return state_new(m, ctx, max_batch, m->cfg.n_layers, errp);
 }
 
 void llama_state_reset(llama_state *s) { s->pos = 0; }
@@ -647,7 +738,7 @@ static void linear_run(llama_model *m, const linear *li, float *y, const float *
 typedef struct {
     llama_model *m;
     llama_state *s;
-    int layer, n;
+    int layer, n;               /* layer: of the KV cache */
     float *out;                 /* (n, q_dim) */
 } attn_job;
 
@@ -707,11 +798,11 @@ static int hook_call(llama_model *m, const linear *li, int nl, const float *x, i
     return 0;
 }
 
-/* One decoder layer on the residual stream s->x (n tokens). */
-static int layer_forward(llama_model *m, llama_state *s, int l, int n, char **errp)
+/* One decoder layer L on the residual stream s->x (n tokens), its keys and
+ * values in layer l of the state's KV cache. */
+static int layer_forward(llama_model *m, llama_state *s, const layer *L, int l, int n, char **errp)
 {
     const llama_config *c = &m->cfg;
-    layer *L = &m->layers[l];
     int hd = c->head_dim, kvd = c->n_kv_heads * hd, dim = c->dim;
     // attention: norm, q/k/v, rotary, cache, attend, o_proj
     rmsnorm(s->xb, s->x, L->attn_norm, n, dim, c->eps);
@@ -767,6 +858,8 @@ int llama_eval(llama_model *m, llama_state *s, const uint32_t *tokens, int n,
                float *logits, int last_only, char **errp)
 {
     const llama_config *c = &m->cfg;
+    if (m->streamed)
+        return fail(errp, "the model is layer-streamed: it runs only batches of windows (llama_batch_*)");
     if (n < 1 || n > s->max_batch)
         return fail(errp, "batch of %d tokens (1..%d allowed)", n, s->max_batch);
     if (s->pos + n > s->ctx)
@@ -781,7 +874,7 @@ int llama_eval(llama_model *m, llama_state *s, const uint32_t *tokens, int n,
                (size_t)c->dim * sizeof(float));
     }
     for (int l = 0; l < c->n_layers; l++)
-        if (layer_forward(m, s, l, n, errp) < 0)
+        if (layer_forward(m, s, &m->layers[l], l, n, errp) < 0)
             return -1;
     s->pos += n;
     // final norm and head (only the last row if asked)
@@ -793,6 +886,207 @@ int llama_eval(llama_model *m, llama_state *s, const uint32_t *tokens, int n,
     if (logits)
         linear_run(m, &m->head, logits, s->xb, rows);
     return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Linear inputs and batches of windows (layer-major evaluation) */
+
+int llama_inputs(const llama_model *m, llama_input_fn fn, void *ctx, char **errp)
+{
+    static const int groups[4][2] = { { LIN_Q, 3 }, { LIN_O, 1 }, { LIN_GATE, 2 }, { LIN_DOWN, 1 } };
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int g = 0; g < 4; g++) {
+            const linear *li = &m->layers[l].lin[groups[g][0]];
+            const char *names[3];
+            for (int i = 0; i < groups[g][1]; i++)
+                names[i] = li[i].name;
+            if (fn(ctx, names, groups[g][1], li->din, errp) < 0)
+                return -1;
+        }
+    if (!m->cfg.tied) {
+        const char *names[1] = { m->head.name };
+        if (fn(ctx, names, 1, m->head.din, errp) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+struct llama_batch {
+    int nw, dim;
+    int *row, *len;             /* window w: rows row[w] .. row[w]+len[w]-1 of x */
+    size_t total;               /* Σ len */
+    float *x;                   /* (total, dim) hidden states */
+    int layers_done;
+    llama_state *s;             /* one layer of KV cache, batches up to the longest window */
+};
+
+void llama_batch_free(llama_batch *b)
+{
+    if (!b)
+        return;
+    free(b->row);
+    free(b->len);
+    free(b->x);
+    llama_state_free(b->s);
+    free(b);
+}
+
+size_t llama_batch_bytes(const llama_batch *b)
+{
+    if (!b)
+        return 0;
+    const llama_state *s = b->s;
+    size_t scratch = 0;
+    if (s) {
+        // what state_new allocated, from the sizes it keeps
+        size_t kv = (size_t)s->ctx, B = (size_t)s->max_batch;
+        scratch = kv * (size_t)s->kvd * 2 * sizeof(float) + B * (size_t)s->width * sizeof(float);
+    }
+    return b->total * (size_t)b->dim * sizeof(float) + scratch;
+}
+
+/* A streamed model's tensor `name` with the expected shape (d1 = 0: 1-D). */
+static int stream_get(llama_model *m, const char *name, int64_t d0, int64_t d1, float **out,
+                      char **errp)
+{
+    return weight_get(m->ws.get, m->ws.ctx, name, d0, d1, 0, out, errp) < 0 ? -1 : 0;
+}
+
+/* x rows of each window = the embedding rows of its tokens. */
+static int batch_embed(llama_model *m, llama_batch *b, const uint32_t *tokens, const int *off,
+                       char **errp)
+{
+    const llama_config *c = &m->cfg;
+    for (int w = 0; w < b->nw; w++)
+        for (int t = 0; t < b->len[w]; t++)
+            if (tokens[off[w] + t] >= (uint32_t)c->vocab)
+                return fail(errp, "token id %u outside the vocabulary (%d)", tokens[off[w] + t], c->vocab);
+    float *own = NULL;
+    if (m->streamed && stream_get(m, "model.embed_tokens.weight", c->vocab, c->dim, &own, errp) < 0)
+        return -1;
+    const float *emb = own ? own : m->embed;
+    for (int w = 0; w < b->nw; w++)
+        for (int t = 0; t < b->len[w]; t++)
+            memcpy(b->x + ((size_t)b->row[w] + t) * c->dim, emb + (size_t)tokens[off[w] + t] * c->dim,
+                   (size_t)c->dim * sizeof(float));
+    free(own);
+    return 0;
+}
+
+llama_batch *llama_batch_new(llama_model *m, const uint32_t *tokens, const int *off,
+                             const int *len, int nw, char **errp)
+{
+    const llama_config *c = &m->cfg;
+    if (nw < 1) {
+        fail(errp, "no windows to evaluate");
+        return NULL;
+    }
+    llama_batch *b = calloc(1, sizeof *b);
+    if (!b || !(b->row = calloc((size_t)nw, sizeof *b->row)) || !(b->len = calloc((size_t)nw, sizeof *b->len))) {
+        llama_batch_free(b);
+        fail(errp, "out of memory");
+        return NULL;
+    }
+    b->nw = nw;
+    b->dim = c->dim;
+    int maxlen = 0;
+    for (int w = 0; w < nw; w++) {
+        if (len[w] < 1 || off[w] < 0) {
+            llama_batch_free(b);
+            fail(errp, "window %d: bad offset %d / length %d", w, off[w], len[w]);
+            return NULL;
+        }
+        b->row[w] = (int)b->total;
+        b->len[w] = len[w];
+        b->total += (size_t)len[w];
+        if (len[w] > maxlen)
+            maxlen = len[w];
+    }
+    if (b->total > ((size_t)1 << 31) || !(b->x = malloc(b->total * (size_t)c->dim * sizeof(float)))) {
+        fail(errp, "out of memory for the hidden states of %zu tokens (%.1f MiB)", b->total,
+             (double)b->total * c->dim * sizeof(float) / 1048576.0);
+        llama_batch_free(b);
+        return NULL;
+    }
+    if (!(b->s = state_new(m, maxlen, maxlen, 1, errp)) || batch_embed(m, b, tokens, off, errp) < 0) {
+        llama_batch_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Run every window of b through L (KV cache layer 0 of the batch's state). */
+static int batch_windows(llama_model *m, llama_batch *b, const layer *L, char **errp)
+{
+    llama_state *s = b->s;
+    float *x = s->x;
+    int rc = 0;
+    for (int w = 0; rc == 0 && w < b->nw; w++) {
+        s->pos = 0;
+        s->x = b->x + (size_t)b->row[w] * m->cfg.dim;    /* the window's rows are its residual stream */
+        rc = layer_forward(m, s, L, 0, b->len[w], errp);
+    }
+    s->x = x;
+    s->pos = 0;
+    return rc;
+}
+
+int llama_batch_layer(llama_model *m, llama_batch *b, int l, char **errp)
+{
+    if (l != b->layers_done || l >= m->cfg.n_layers)
+        return fail(errp, "layer %d out of order (next is %d of %d)", l, b->layers_done, m->cfg.n_layers);
+    if (state_prepare(m, b->s, errp) < 0)
+        return -1;
+    layer *L = &m->layers[l];
+    if (m->streamed && layer_load(m, l, m->ws.get, m->ws.ctx, errp) < 0) {
+        layer_free(L);
+        return -1;
+    }
+    int rc = batch_windows(m, b, L, errp);
+    if (m->streamed)
+        layer_free(L);
+    if (rc == 0)
+        b->layers_done++;
+    return rc;
+}
+
+/* A streamed model's final norm, and its head when logits are wanted. */
+static int stream_head(llama_model *m, int want_logits, char **errp)
+{
+    const llama_config *c = &m->cfg;
+    if (!m->final_norm && stream_get(m, "model.norm.weight", c->dim, 0, &m->final_norm, errp) < 0)
+        return -1;
+    if (want_logits && !m->head.w)
+        return stream_get(m, c->tied ? "model.embed_tokens.weight" : "lm_head.weight", c->vocab, c->dim,
+                          &m->head.w, errp);
+    return 0;
+}
+
+int llama_batch_logits(llama_model *m, llama_batch *b, int w, float *logits, char **errp)
+{
+    const llama_config *c = &m->cfg;
+    if (b->layers_done != c->n_layers)
+        return fail(errp, "logits asked after %d of %d layers", b->layers_done, c->n_layers);
+    if (w < 0 || w >= b->nw)
+        return fail(errp, "window %d of %d", w, b->nw);
+    if ((m->streamed && stream_head(m, logits != NULL, errp) < 0) || state_prepare(m, b->s, errp) < 0)
+        return -1;
+    // as the end of llama_eval: final norm, the head's hook, the head
+    llama_state *s = b->s;
+    int rows = b->len[w];
+    rmsnorm(s->xb, b->x + (size_t)b->row[w] * c->dim, m->final_norm, rows, c->dim, c->eps);
+    if (m->hook && !c->tied && hook_call(m, &m->head, 1, s->xb, rows, errp) < 0)
+        return -1;
+    if (logits)
+        linear_run(m, &m->head, logits, s->xb, rows);
+    return 0;
+}
+
+int llama_is_streamed(const llama_model *m) { return m->streamed; }
+
+int llama_finish(llama_model *m, char **errp)
+{
+    return m->streamed && m->ws.finish ? m->ws.finish(m->ws.ctx, errp) : 0;
 }
 
 double llama_logsumexp(const float *logits, int n)
@@ -856,16 +1150,17 @@ static float *bytes_to_f32(const qs_tensor *t, const void *data, size_t len, cha
     return tensor_to_f32(t, data, len, errp);
 }
 
-static int source_get(void *ctx, const char *name, float **data, int64_t *shape, int *ndim,
-                      char **errp)
+/* Tensor `name` of s as f32; use_map: take mapped bytes when the reader has
+ * them (else always qsrc_read, whose pread leaves no file pages in the RSS). */
+static int source_fetch(qsrc *s, int use_map, const char *name, float **data, int64_t *shape,
+                        int *ndim, char **errp)
 {
-    qsrc *s = ctx;
     int idx = qsrc_find(s, name);
     if (idx < 0)
         return 0;
     const qs_tensor *t = &s->tensors[idx];
     size_t len = (size_t)qs_tensor_nbytes(t);
-    const void *p = qsrc_map(s, idx);
+    const void *p = use_map ? qsrc_map(s, idx) : NULL;
     void *buf = NULL;
     if (!p) {
         if (!(buf = malloc(len ? len : 1)))
@@ -883,6 +1178,12 @@ static int source_get(void *ctx, const char *name, float **data, int64_t *shape,
     *ndim = t->ndim;
     memcpy(shape, t->shape, (size_t)t->ndim * sizeof *shape);
     return 1;
+}
+
+static int source_get(void *ctx, const char *name, float **data, int64_t *shape, int *ndim,
+                      char **errp)
+{
+    return source_fetch(ctx, 1, name, data, shape, ndim, errp);
 }
 
 llama_model *llama_load_source(qsrc *s, char **errp)
@@ -945,7 +1246,8 @@ static void table_free(tensor_table *tt)
     free(tt->names); free(tt->data); free(tt->shape); free(tt->ndim);
 }
 
-llama_model *llama_load_stream(qs_reader *r, char **errp)
+/* config.json of a model stream (refusing streams of another kind). */
+static const char *stream_config(qs_reader *r, size_t *len, char **errp)
 {
     const qs_header *h = qs_reader_header(r);
     const char *kind = json_string_value(json_object_get(h->meta, "kind"));
@@ -953,8 +1255,13 @@ llama_model *llama_load_stream(qs_reader *r, char **errp)
         fail(errp, "stream is of kind '%s', not a model", kind);
         return NULL;
     }
+    return carried_config(h, len, errp);
+}
+
+llama_model *llama_load_stream(qs_reader *r, char **errp)
+{
     size_t len;
-    const char *cfg = carried_config(h, &len, errp);
+    const char *cfg = stream_config(r, &len, errp);
     if (!cfg)
         return NULL;
     tensor_table tt = { 0 };
@@ -1031,6 +1338,20 @@ static int carry_beside(qsrc *s, const char *path, char **errp)
     return 0;
 }
 
+/* m, or NULL with e as *errp prefixed by path (readers usually name it already). */
+static llama_model *open_result(llama_model *m, const char *path, char *e, char **errp)
+{
+    if (m)
+        return m;
+    if (e && !strncmp(e, path, strlen(path)))
+        *errp = e;
+    else {
+        fail(errp, "%s: %s", path, e ? e : "cannot load the model");
+        free(e);
+    }
+    return NULL;
+}
+
 llama_model *llama_open(const char *path, qs_header *hdr, char **errp)
 {
     int is = strcmp(path, "-") ? qs_path_is_stream(path) : 1;
@@ -1053,14 +1374,438 @@ llama_model *llama_open(const char *path, qs_header *hdr, char **errp)
         }
         qsrc_close(s);
     }
-    if (!m) {
-        /* readers usually name the file already */
-        if (e && !strncmp(e, path, strlen(path)))
-            *errp = e;
-        else {
-            fail(errp, "%s: %s", path, e ? e : "cannot load the model");
-            free(e);
+    return open_result(m, path, e, errp);
+}
+
+/* ------------------------------------------------------------------------
+ * Layer streaming: weight sources and the streamed openers */
+
+/* Is `name` a tensor the model reads? (What a sequential source spools.) */
+static int model_uses(const llama_model *m, const char *name)
+{
+    if (!strcmp(name, "model.embed_tokens.weight") || !strcmp(name, "model.norm.weight"))
+        return 1;
+    if (!strcmp(name, "lm_head.weight"))
+        return !m->cfg.tied;
+    int l, k = 0;
+    if (sscanf(name, "model.layers.%d.%n", &l, &k) != 1 || !k || l < 0 || l >= m->cfg.n_layers)
+        return 0;
+    const char *rest = name + k;
+    if (!strcmp(rest, "input_layernorm.weight") || !strcmp(rest, "post_attention_layernorm.weight"))
+        return 1;
+    for (int i = 0; i < LIN_COUNT; i++) {
+        size_t n = strlen(lin_names[i]);
+        if (!strncmp(rest, lin_names[i], n) && (!strcmp(rest + n, ".weight") || !strcmp(rest + n, ".bias")))
+            return 1;
+    }
+    return 0;
+}
+
+/* --- a seekable checkpoint: any order, qsrc_read */
+
+static int source_read_get(void *ctx, const char *name, float **data, int64_t *shape, int *ndim,
+                           char **errp)
+{
+    return source_fetch(ctx, 0, name, data, shape, ndim, errp);
+}
+
+static int source_info(void *ctx, const char *name, int64_t *shape, int *ndim)
+{
+    const qsrc *s = ctx;
+    int i = qsrc_find(s, name);
+    if (i < 0)
+        return 0;
+    *ndim = s->tensors[i].ndim;
+    memcpy(shape, s->tensors[i].shape, (size_t)*ndim * sizeof *shape);
+    return 1;
+}
+
+static void source_close(void *ctx) { qsrc_close(ctx); }
+
+/* --- a qstream or a sequential source: its own order, early tensors spooled */
+
+typedef struct {
+    qs_tensor t;                /* header copy; name NULL once taken */
+    uint64_t at, len;           /* its bytes in the spool file */
+} spooled;
+
+typedef struct {
+    const llama_model *m;
+    qs_reader *r;               /* a qstream, or */
+    qsrc *src;                  /* a sequential source, read in list order */
+    int next, cur;              /* src: next tensor to yield, the current one */
+    uint64_t cur_off;           /* src: bytes of the current one read */
+    int done;                   /* no more tensors */
+    int fd;                     /* spool file (unlinked), -1 until needed */
+    uint64_t end;               /* bytes in it */
+    int n;
+    spooled *e;
+} seqsrc;
+
+/* Next tensor in the source's order: 1 (*t valid until the next call), 0 at the end, -1. */
+static int seq_next(seqsrc *q, const qs_tensor **t, char **errp)
+{
+    if (q->r) {
+        int rc = qs_reader_next(q->r, t);
+        return rc < 0 ? fail(errp, "%s", qs_reader_error(q->r)) : rc;
+    }
+    if (q->next >= q->src->ntensors)
+        return 0;
+    q->cur = q->next++;
+    q->cur_off = 0;
+    *t = &q->src->tensors[q->cur];
+    return 1;
+}
+
+/* The next n bytes of the current tensor. */
+static int seq_read(seqsrc *q, void *buf, size_t n, char **errp)
+{
+    if (q->r)
+        return qs_reader_read(q->r, buf, n) < 0 ? fail(errp, "%s", qs_reader_error(q->r)) : 0;
+    if (qsrc_read(q->src, q->cur, q->cur_off, buf, n, errp) < 0)
+        return -1;
+    q->cur_off += n;
+    return 0;
+}
+
+static int spool_open(seqsrc *q, char **errp)
+{
+    const char *dir = getenv("TMPDIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/qpipe-spool-XXXXXX", dir && *dir ? dir : "/tmp");
+    q->fd = mkstemp(path);
+    if (q->fd < 0)
+        return fail(errp, "%s: cannot create a spool file: %s", path, strerror(errno));
+    unlink(path);
+    return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t n, uint64_t at)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t k = pwrite(fd, p, n, (off_t)at);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        p += k; n -= (size_t)k; at += (uint64_t)k;
+    }
+    return 0;
+}
+
+/* Append the current tensor t to the spool: its bytes from data, or read from the source. */
+static int spool_put(seqsrc *q, const qs_tensor *t, const void *data, char **errp)
+{
+    if (q->fd < 0 && spool_open(q, errp) < 0)
+        return -1;
+    spooled *ne = realloc(q->e, (size_t)(q->n + 1) * sizeof *ne);
+    if (!ne)
+        return fail(errp, "out of memory");
+    q->e = ne;
+    spooled *e = &q->e[q->n];
+    e->at = q->end;
+    e->len = qs_tensor_nbytes(t);
+    enum { CHUNK = 4 << 20 };
+    char *buf = data ? NULL : malloc(CHUNK);
+    if (!data && !buf)
+        return fail(errp, "out of memory");
+    int rc = 0;
+    for (uint64_t done = 0; rc == 0 && done < e->len;) {
+        size_t k = e->len - done < CHUNK ? (size_t)(e->len - done) : CHUNK;
+        const void *p = data ? (const char *)data + done : buf;
+        if (!data && seq_read(q, buf, k, errp) < 0)
+            rc = -1;
+        else if (write_full(q->fd, p, k, e->at + done) < 0)
+            rc = fail(errp, "spool file: write error: %s", strerror(errno));
+        done += k;
+    }
+    free(buf);
+    if (rc == 0 && qs_tensor_copy(&e->t, t) < 0)
+        rc = fail(errp, "out of memory");
+    if (rc < 0)
+        return -1;
+    q->end += e->len;
+    q->n++;
+    return 0;
+}
+
+/* The current tensor t's bytes, whole, malloc'd. */
+static void *seq_read_all(seqsrc *q, const qs_tensor *t, size_t *len, char **errp)
+{
+    *len = (size_t)qs_tensor_nbytes(t);
+    void *buf = malloc(*len ? *len : 1);
+    if (!buf) {
+        fail(errp, "%s: out of memory", t->name);
+        return NULL;
+    }
+    if (seq_read(q, buf, *len, errp) < 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static int f32_result(const qs_tensor *t, const void *bytes, size_t len, float **data, int64_t *shape,
+                      int *ndim, char **errp)
+{
+    if (!(*data = bytes_to_f32(t, bytes, len, errp)))
+        return -1;
+    *ndim = t->ndim;
+    memcpy(shape, t->shape, (size_t)t->ndim * sizeof *shape);
+    return 1;
+}
+
+/* A spooled tensor read back; forgotten unless keep. */
+static int spool_take(seqsrc *q, spooled *e, int keep, float **data, int64_t *shape, int *ndim,
+                      char **errp)
+{
+    char *buf = malloc(e->len ? (size_t)e->len : 1);
+    if (!buf)
+        return fail(errp, "%s: out of memory", e->t.name);
+    for (uint64_t done = 0; done < e->len;) {
+        ssize_t k = pread(q->fd, buf + done, (size_t)(e->len - done), (off_t)(e->at + done));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            free(buf);
+            return fail(errp, "spool file: read error");
+        }
+        done += (uint64_t)k;
+    }
+    int rc = f32_result(&e->t, buf, (size_t)e->len, data, shape, ndim, errp);
+    free(buf);
+    if (!keep)
+        qs_tensor_clear(&e->t);     /* name NULL: taken */
+    return rc;
+}
+
+static int seq_get(void *ctx, const char *name, float **data, int64_t *shape, int *ndim, char **errp)
+{
+    seqsrc *q = ctx;
+    /* a tied embedding is asked for twice: keep a copy */
+    int keep = q->m->cfg.tied && !strcmp(name, "model.embed_tokens.weight");
+    for (int i = 0; i < q->n; i++)
+        if (q->e[i].t.name && !strcmp(q->e[i].t.name, name))
+            return spool_take(q, &q->e[i], keep, data, shape, ndim, errp);
+    while (!q->done) {
+        const qs_tensor *t;
+        int rc = seq_next(q, &t, errp);
+        if (rc < 0)
+            return -1;
+        if (rc == 0) {
+            q->done = 1;
+            break;
+        }
+        if (!strcmp(t->name, name)) {
+            size_t len;
+            void *bytes = seq_read_all(q, t, &len, errp);
+            if (!bytes || (keep && spool_put(q, t, bytes, errp) < 0)) {
+                free(bytes);
+                return -1;
+            }
+            rc = f32_result(t, bytes, len, data, shape, ndim, errp);
+            free(bytes);
+            return rc;
+        }
+        if (model_uses(q->m, t->name) && spool_put(q, t, NULL, errp) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Shape from the source's list: a sequential source's tensors, a stream's manifest. */
+static int seq_info(void *ctx, const char *name, int64_t *shape, int *ndim)
+{
+    seqsrc *q = ctx;
+    if (q->src)
+        return source_info(q->src, name, shape, ndim);
+    const json_t *man = qs_reader_header(q->r)->manifest;
+    if (!json_array_size(man))
+        return -1;
+    size_t i;
+    json_t *e;
+    json_array_foreach(man, i, e) {
+        const char *n = json_string_value(json_object_get(e, "name"));
+        json_t *sh = json_object_get(e, "shape");
+        if (!n || strcmp(n, name))
+            continue;
+        if (!json_is_array(sh) || json_array_size(sh) > QS_MAX_DIMS)
+            return -1;
+        *ndim = (int)json_array_size(sh);
+        for (int d = 0; d < *ndim; d++)
+            shape[d] = json_integer_value(json_array_get(sh, (size_t)d));
+        return 1;
+    }
+    return 0;
+}
+
+static int seq_finish(void *ctx, char **errp)
+{
+    seqsrc *q = ctx;
+    const qs_tensor *t;
+    int rc;
+    while (q->r && !q->done && (rc = qs_reader_next(q->r, &t)) != 0)
+        if (rc < 0)
+            return fail(errp, "%s", qs_reader_error(q->r));
+    q->done = 1;
+    return 0;
+}
+
+static void seq_close(void *ctx)
+{
+    seqsrc *q = ctx;
+    if (q->r)
+        qs_reader_close(q->r);
+    qsrc_close(q->src);
+    if (q->fd >= 0)
+        close(q->fd);
+    for (int i = 0; i < q->n; i++)
+        qs_tensor_clear(&q->e[i].t);
+    free(q->e);
+    free(q);
+}
+
+/* m takes r or src (closed with m, or here on error). */
+static int seq_attach(llama_model *m, qs_reader *r, qsrc *src, char **errp)
+{
+    seqsrc *q = calloc(1, sizeof *q);
+    if (!q) {
+        if (r)
+            qs_reader_close(r);
+        qsrc_close(src);
+        return fail(errp, "out of memory");
+    }
+    q->m = m;
+    q->r = r;
+    q->src = src;
+    q->fd = -1;
+    m->ws = (wsrc){ seq_get, q, seq_info, seq_finish, seq_close };
+    return 0;
+}
+
+/* --- the streamed model */
+
+/* `name` against the source's list, when it has one. */
+static int spec_check(llama_model *m, const char *name, int64_t d0, int64_t d1, int optional,
+                      char **errp)
+{
+    int64_t shape[QS_MAX_DIMS];
+    int ndim = 0;
+    int r = m->ws.info(m->ws.ctx, name, shape, &ndim);
+    if (r < 0)
+        return 0;
+    if (r == 0)
+        return optional ? 0 : fail(errp, "missing tensor '%s'", name);
+    return shape_check(name, shape, ndim, d0, d1, errp) < 0 ? -1 : 1;
+}
+
+/* Every tensor the model will read, checked before any is (as llama_load does as it goes). */
+static int stream_check(llama_model *m, char **errp)
+{
+    const llama_config *c = &m->cfg;
+    if (!m->ws.info)
+        return 0;
+    if (spec_check(m, "model.embed_tokens.weight", c->vocab, c->dim, 0, errp) < 0)
+        return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        wspec sp[LAYER_SPECS];
+        layer_specs(m, l, sp);
+        for (int i = 0; i < LAYER_SPECS; i++) {
+            int r = spec_check(m, sp[i].name, sp[i].d0, sp[i].d1, sp[i].optional, errp);
+            if (r < 0)
+                return -1;
+            if (i == 3 && r > 0)    /* q_proj.bias */
+                m->cfg.qkv_bias = 1;
         }
     }
+    if (spec_check(m, "model.norm.weight", c->dim, 0, 0, errp) < 0 ||
+        (!c->tied && spec_check(m, "lm_head.weight", c->vocab, c->dim, 0, errp) < 0))
+        return -1;
+    char name[96];
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", c->n_layers);
+    int64_t shape[QS_MAX_DIMS];
+    int ndim;
+    if (m->ws.info(m->ws.ctx, name, shape, &ndim) == 1)
+        return fail(errp, "checkpoint has more layers than config.json's num_hidden_layers %d", c->n_layers);
+    return 0;
+}
+
+llama_model *llama_load_streamed(const char *config_json, size_t len, llama_get_fn get, void *ctx,
+                                 char **errp)
+{
+    llama_model *m = model_new(config_json, len, errp);
+    if (m) {
+        m->streamed = 1;
+        m->ws = (wsrc){ get, ctx, NULL, NULL, NULL };
+    }
     return m;
+}
+
+/* A streamed model over a source (taken: closed with the model or on error). */
+static llama_model *streamed_source(qsrc *s, char **errp)
+{
+    size_t len;
+    const char *cfg = carried_config(&s->header, &len, errp);
+    llama_model *m = cfg ? model_new(cfg, len, errp) : NULL;
+    if (!m) {
+        qsrc_close(s);
+        return NULL;
+    }
+    m->streamed = 1;
+    if (s->sequential) {
+        if (seq_attach(m, NULL, s, errp) < 0)
+            goto err;
+    } else {
+        m->ws = (wsrc){ source_read_get, s, source_info, NULL, source_close };
+    }
+    if (stream_check(m, errp) == 0)
+        return m;
+err:
+    llama_free(m);
+    return NULL;
+}
+
+static llama_model *streamed_reader(qs_reader *r, char **errp)
+{
+    size_t len;
+    const char *cfg = stream_config(r, &len, errp);
+    llama_model *m = cfg ? model_new(cfg, len, errp) : NULL;
+    if (!m) {
+        qs_reader_close(r);
+        return NULL;
+    }
+    m->streamed = 1;
+    if (seq_attach(m, r, NULL, errp) < 0 || stream_check(m, errp) < 0) {
+        llama_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+llama_model *llama_open_streamed(const char *path, qs_header *hdr, char **errp)
+{
+    int is = strcmp(path, "-") ? qs_path_is_stream(path) : 1;
+    char *e = NULL;
+    llama_model *m = NULL;
+    if (is == 1) {
+        qs_reader *r = qs_reader_open_path(path, &e);
+        if (r) {
+            if (hdr)
+                qs_header_copy(hdr, qs_reader_header(r));
+            m = streamed_reader(r, &e);
+        }
+    } else {
+        qsrc *s = qsrc_open(path, &e);
+        if (s && carry_beside(s, path, &e) < 0) {
+            qsrc_close(s);
+            s = NULL;
+        }
+        if (s) {
+            if (hdr)
+                qs_header_copy(hdr, &s->header);
+            m = streamed_source(s, &e);
+        }
+    }
+    return open_result(m, path, e, errp);
 }

@@ -22,6 +22,35 @@
  * fixed summation order (kernels.h), so results are byte-identical for every
  * thread count.
  *
+ * Layer streaming (a model larger than RAM): llama_open_streamed() reads only
+ * the config and the tensor list, checking every expected tensor's shape up
+ * front where the list says it; weights are then read when needed and freed
+ * after use. A llama_batch holds the hidden states of a set of independent
+ * windows (each a sequence from position 0), and llama_batch_layer() runs all
+ * of them through one decoder layer at a time: load layer l (f32), run every
+ * window through it, free it. Embeddings come first, the final norm and head
+ * last (llama_batch_logits). Every window sees exactly the arithmetic of
+ * llama_eval() (same kernels, same summation order, same thread split), so
+ * logits and hook inputs are byte-identical to the in-memory mode.
+ * Cost, for B = Σ window lengths tokens:
+ *   memory  ≈ one layer's weights in f32 (+ the raw bytes of one tensor while
+ *            it is converted) + B × dim × 4 bytes of hidden states + the scratch
+ *            of one window (one layer's KV cache, ctx × kv_dim × 8 bytes) +
+ *            the head (vocab × dim × 4) only while logits are computed; the
+ *            embedding (vocab × dim × 4) only while the batch is made.
+ *   reads   every tensor once (a tied embedding twice, when logits are asked),
+ *            with pread from a checkpoint: no more I/O than loading it whole.
+ *   compute the same as llama_eval of each window; no generation (one token at
+ *            a time would read the whole model per token).
+ * Sources: a seekable checkpoint is read in any order (qsrc_read, never
+ * mapped, so file pages do not count in the RSS). A qstream or a sequential
+ * source (archive) gives tensors in its own order: a tensor the engine needs
+ * later than it arrives (e.g. lm_head, which sorts first in HF files) is
+ * spooled, as its wire bytes, to an unlinked file in $TMPDIR (default /tmp)
+ * and read back when needed; tensors the model does not use are skipped. So
+ * a stream costs memory of one tensor at a time whatever its order, and disk
+ * for what arrives early.
+ *
  * Errors: functions returning a pointer return NULL, others -1, with a
  * malloc'd one-line message in *errp (the caller frees). Nothing prints or
  * exits.
@@ -111,9 +140,59 @@ void llama_state_free(llama_state *s);
  * cache), append them to the cache. logits: (n, vocab) row-major, or NULL; if
  * last_only, only the last token's logits are computed, into logits[0..vocab).
  * Fails (-1, *errp) on n > max_batch, overflowing ctx, a token id outside the
- * vocabulary, or a hook error. */
+ * vocabulary, a hook error, or a layer-streamed model (use llama_batch_*). */
 int  llama_eval(llama_model *m, llama_state *s, const uint32_t *tokens, int n,
                 float *logits, int last_only, char **errp);
+
+/* The distinct linear-layer inputs, in the order the hook sees them (per
+ * layer: q/k/v, o, gate/up, down; then lm_head when the head is untied),
+ * without running anything: fn(ctx, names, nnames, d_in, errp) for each, as
+ * the hook would be called. Returns 0, or the first -1 of fn. */
+typedef int (*llama_input_fn)(void *ctx, const char *const *names, int nnames, int d_in,
+                              char **errp);
+int llama_inputs(const llama_model *m, llama_input_fn fn, void *ctx, char **errp);
+
+/* ---- Layer streaming (see the header comment for the design and its cost) */
+
+/* As llama_open, but loads no weights: config.json, and the shape of every
+ * tensor the model needs checked against it when the source lists them (a
+ * checkpoint always; a qstream through its manifest). The source stays open
+ * until llama_free. Such a model runs only through llama_batch_* (llama_eval
+ * fails with a message saying so). NULL + *errp; the message starts with path. */
+llama_model *llama_open_streamed(const char *path, qs_header *hdr, char **errp);
+/* The same from a weight provider (no up-front shape checks: shapes are
+ * checked as each tensor is loaded). get may be called more than once for a
+ * tied embedding. */
+llama_model *llama_load_streamed(const char *config_json, size_t len, llama_get_fn get,
+                                 void *ctx, char **errp);
+int llama_is_streamed(const llama_model *m);
+/* For a model streamed from a qstream: read (and verify) the rest of the
+ * stream, so a pipeline's writer is not cut off and the end record is
+ * checked. 0 for every other model; -1 + *errp on a stream error. */
+int llama_finish(llama_model *m, char **errp);
+
+typedef struct llama_batch llama_batch;
+/* nw windows, window w = tokens[off[w] .. off[w]+len[w]-1] (len >= 1), each
+ * evaluated from position 0. Embeds them (a streamed model reads, uses and
+ * frees the embedding here). NULL + *errp on bad windows, a token outside
+ * the vocabulary, a read error or out of memory (the message gives the
+ * B × dim × 4 bytes asked for). Works for in-memory models too. */
+llama_batch *llama_batch_new(llama_model *m, const uint32_t *tokens, const int *off,
+                             const int *len, int nw, char **errp);
+/* Run every window through decoder layer l, which must be the next one
+ * (0, 1, ... in order); a streamed model loads layer l first and frees it
+ * after. The hook (if set) is called per window, in window order. -1 + *errp
+ * on a layer out of order, a read or shape error, or a hook error. */
+int llama_batch_layer(llama_model *m, llama_batch *b, int l, char **errp);
+/* After the last layer: final norm of window w, the head's hook (untied
+ * heads, as in llama_eval), and, if logits is not NULL, its (len[w], vocab)
+ * logits. A streamed model loads the final norm (and the head, when logits
+ * are asked) at the first call and keeps them. -1 + *errp if layers remain,
+ * w is out of range, or on a read or hook error. */
+int llama_batch_logits(llama_model *m, llama_batch *b, int w, float *logits, char **errp);
+/* Bytes the batch holds (hidden states and scratch). Can't fail. */
+size_t llama_batch_bytes(const llama_batch *b);
+void llama_batch_free(llama_batch *b);
 
 /* Helpers for callers scoring logits (can't fail). */
 /* log Σ exp(logits[i]) over n values, in double. */

@@ -13,6 +13,26 @@
  *     z = (z ^ z>>27) * 0x94d049bb133111eb; z ^= z>>31). Windows may overlap, as in
  *     GPTQ's datautils.py (random windows of the concatenated token stream).
  * Each window is one forward pass from position 0 (no context across windows).
+ *
+ * Two evaluation orders, giving byte-identical statistics (each statistic
+ * sums its windows in window order either way; llama.h):
+ *   default: the model is loaded whole (f32) and the windows run one after
+ *     the other through all layers; every linear input's statistics stay in
+ *     memory until the end. Peak ≈ all weights × 4 bytes/param + Σ over all
+ *     distinct inputs of d_in² × 8 (the f64 Hessians; for a 7B Llama about
+ *     43 GB of them, 3x the bf16 weights) + one window's activations.
+ *   --stream-layers: the model is never loaded whole. All windows go through
+ *     the embedding, then through layer 0 (its weights read, run, freed),
+ *     then layer 1, ...; the hidden states of every window are kept between
+ *     layers, and each layer's statistics are written to the output as soon
+ *     as the layer is done, then freed. Peak ≈ one layer's weights × 4
+ *     bytes/param + B × hidden_size × 4 (B = Σ window lengths; the hidden
+ *     states) + one layer's Hessians (d_in² × 8 for q/k/v, o, gate/up and
+ *     down) + the largest tensor while it is converted. Reads each tensor
+ *     once (pread, or a stream spooling what comes early: llama.h), so it
+ *     costs no time; its price is the B × hidden_size × 4 of hidden states,
+ *     which for long calibration sets of a small model can exceed the
+ *     statistics it saves. qcal -v prints both estimates.
  */
 #include "calib.h"
 #include "cli.h"
@@ -41,6 +61,9 @@ static const char usage[] =
     "  --seed S           seed of the window offsets for --samples N (default 0)\n"
     "  --bins B           activation histogram bins, a power of two (default 2048)\n"
     "  --threads N        threads (default: all CPUs; output identical for any N)\n"
+    "  --stream-layers    never load the whole model: run all windows one layer at a\n"
+    "                     time and write each layer's statistics when it is done\n"
+    "                     (same output; memory ~ one layer + windows x seqlen x hidden x 4)\n"
     "  -o FILE            output (written atomically); '-' or absent = stdout\n"
     "  -f, --force        write the stream even to a terminal\n"
     "  -q, -v, --progress, --help, --version\n"
@@ -51,7 +74,7 @@ static const char usage[] =
 struct cmdline {
     const char *model, *text, *tokens, *out;
     long samples;               /* 0 = all */
-    int seqlen, bins, threads, force;
+    int seqlen, bins, threads, force, stream;
     uint64_t seed;
 };
 
@@ -75,6 +98,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else {
             takes = 0;
             if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
+            else if (!strcmp(a, "--stream-layers")) c->stream = 1;
             else if (a[0] == '-' && a[1]) usage_error("unknown option '%s' (or missing value)", a);
             else if (c->model) usage_error("one model only ('%s' and '%s')", c->model, a);
             else c->model = a;
@@ -189,40 +213,132 @@ static window *windows_make(const struct cmdline *c, int n, int *nw)
 
 /* ------------------------------------------------------------------------ */
 
-static void write_stats(const struct cmdline *c, const calib *cal, json_t *info, int argc, char **argv)
-{
-    qs_header h;
-    qs_header_init(&h);
-    json_object_set_new(h.meta, "kind", json_string("stats"));
-    json_object_set_new(h.meta, "calibration", info);
-    qs_header_add_provenance(&h, "qcal", QPIPE_VERSION, argc, argv);
-    char *err = NULL;
-    if (calib_manifest(cal, &h, &err) < 0)
-        die_free(err);
+/* The stats stream being written: opened before the run in --stream-layers
+ * (each layer's statistics are written as it completes), after it otherwise. */
+typedef struct {
     out_file o;
+    int to_file;
+    qs_header h;
+    qs_writer *w;
+} stats_out;
+
+static void stats_begin(stats_out *so, const struct cmdline *c, const calib *cal, json_t *info, int argc,
+                        char **argv)
+{
+    qs_header_init(&so->h);
+    json_object_set_new(so->h.meta, "kind", json_string("stats"));
+    json_object_set_new(so->h.meta, "calibration", info);
+    qs_header_add_provenance(&so->h, "qcal", QPIPE_VERSION, argc, argv);
+    char *err = NULL;
+    if (calib_manifest(cal, &so->h, &err) < 0)
+        die_free(err);
     int fd = 1;
+    so->to_file = c->out != NULL;
     if (c->out) {
-        out_create(&o, c->out);
-        fd = o.fd;
+        out_create(&so->o, c->out);
+        fd = so->o.fd;
     } else if (!c->force) {
         refuse_tty(1, "the stats stream");
     }
-    qs_writer *w = qs_writer_open_fd(fd, &h, 0, &err);
-    if (!w)
+    if (!(so->w = qs_writer_open_fd(fd, &so->h, 0, &err)))
         die_free(err);
-    if (calib_write(cal, w, &err) < 0) {
-        exit_if_epipe(qs_writer_errno(w));
-        qs_writer_close(w, NULL);
+}
+
+/* Write what is complete (all: at the end). */
+static void stats_write(stats_out *so, calib *cal, int all)
+{
+    char *err = NULL;
+    if ((all ? calib_write(cal, so->w, &err) : calib_flush(cal, so->w, &err)) < 0) {
+        exit_if_epipe(qs_writer_errno(so->w));
+        qs_writer_close(so->w, NULL);
         die_free(err);
     }
-    int werr = qs_writer_errno(w);
-    if (qs_writer_close(w, &err) < 0) {
+}
+
+static void stats_end(stats_out *so, calib *cal)
+{
+    stats_write(so, cal, 1);
+    char *err = NULL;
+    int werr = qs_writer_errno(so->w);
+    if (qs_writer_close(so->w, &err) < 0) {
         exit_if_epipe(werr);
         die_free(err);
     }
-    if (c->out)
-        out_commit(&o);
-    qs_header_clear(&h);
+    if (so->to_file)
+        out_commit(&so->o);
+    qs_header_clear(&so->h);
+}
+
+/* Default order: each window through the whole (in-memory) model. */
+static void run_windows(llama_model *m, const uint32_t *tok, const window *win, int nw, int seqlen)
+{
+    char *err = NULL;
+    llama_state *st = llama_state_new(m, seqlen, seqlen, &err);
+    if (!st)
+        die_free(err);
+    progress_start((uint64_t)nw, 0);
+    for (int i = 0; i < nw; i++) {
+        llama_state_reset(st);
+        if (llama_eval(m, st, tok + win[i].off, win[i].len, NULL, 0, &err) < 0)
+            die("window %d (tokens %d..%d): %s", i, win[i].off, win[i].off + win[i].len - 1, err);
+        progress_update((uint64_t)i + 1, 0);
+    }
+    progress_end();
+    llama_state_free(st);
+}
+
+/* --stream-layers: all windows through one layer at a time, each layer's
+ * statistics written when it is done. */
+static void run_layers(llama_model *m, const uint32_t *tok, const window *win, int nw, calib *cal,
+                       stats_out *so)
+{
+    const llama_config *cfg = llama_model_config(m);
+    int *off = malloc((size_t)nw * sizeof *off), *len = malloc((size_t)nw * sizeof *len);
+    if (!off || !len)
+        die("out of memory");
+    for (int i = 0; i < nw; i++) {
+        off[i] = win[i].off;
+        len[i] = win[i].len;
+    }
+    char *err = NULL;
+    llama_batch *b = llama_batch_new(m, tok, off, len, nw, &err);
+    if (!b)
+        die("%s", err);
+    info_msg("hidden states of %d windows: %.1f MiB", nw, (double)llama_batch_bytes(b) / 1048576.0);
+    progress_start((uint64_t)cfg->n_layers + 1, 0);
+    size_t peak_stats = 0;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        if (llama_batch_layer(m, b, l, &err) < 0)
+            die("layer %d: %s", l, err);
+        if (calib_bytes(cal) > peak_stats)
+            peak_stats = calib_bytes(cal);
+        stats_write(so, cal, 0);
+        progress_update((uint64_t)l + 1, 0);
+    }
+    for (int i = 0; !cfg->tied && i < nw; i++)
+        if (llama_batch_logits(m, b, i, NULL, &err) < 0)
+            die("head, window %d: %s", i, err);
+    if (llama_finish(m, &err) < 0)
+        die_free(err);
+    progress_end();
+    info_msg("statistics in memory at most %.1f MiB (one layer)", (double)peak_stats / 1048576.0);
+    llama_batch_free(b);
+    free(off);
+    free(len);
+}
+
+/* Peak estimates of the two orders (bytes), for -v. */
+static void print_estimates(const llama_config *c, int64_t total)
+{
+    double qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
+    double layer = 2.0 * c->dim * qd + 2.0 * c->dim * kvd + 3.0 * c->dim * c->hidden + 2.0 * c->dim;
+    double head = (double)c->vocab * c->dim * (c->tied ? 1 : 2);
+    /* Hessian elements per layer: q/k/v and gate/up read dim, o q_dim, down hidden */
+    double hess = 2.0 * c->dim * c->dim + qd * qd + (double)c->hidden * c->hidden;
+    double all = (layer * c->n_layers + head) * 4 + (hess * c->n_layers + (c->tied ? 0 : (double)c->dim * c->dim)) * 8;
+    double one = layer * 4 + hess * 8 + (double)total * c->dim * 4;
+    info_msg("estimated peak: %.0f MiB whole model in memory, %.0f MiB with --stream-layers",
+             all / 1048576.0, one / 1048576.0);
 }
 
 int main(int argc, char **argv)
@@ -232,7 +348,7 @@ int main(int argc, char **argv)
     parse_cmdline(argc, argv, &c);
     char *err = NULL;
     qs_header mh;
-    llama_model *m = llama_open(c.model, &mh, &err);
+    llama_model *m = c.stream ? llama_open_streamed(c.model, &mh, &err) : llama_open(c.model, &mh, &err);
     if (!m)
         die_free(err);
     const llama_config *cfg = llama_model_config(m);
@@ -242,31 +358,34 @@ int main(int argc, char **argv)
     uint32_t *tok = c.tokens ? tokens_from_file(c.tokens, &n) : tokens_from_text(c.text, &mh, cfg->bos, &n);
     int nw;
     window *win = windows_make(&c, n, &nw);
+    int64_t total = 0;
+    for (int i = 0; i < nw; i++)
+        total += win[i].len;
+    print_estimates(cfg, total);
     calib *cal = calib_new(c.bins, &err);
-    llama_state *st = cal ? llama_state_new(m, c.seqlen, c.seqlen, &err) : NULL;
-    if (!st)
+    if (!cal)
         die_free(err);
     llama_set_threads(m, c.threads);
     llama_set_hook(m, calib_hook, cal);
-    int64_t total = 0;
-    progress_start((uint64_t)nw, 0);
-    for (int i = 0; i < nw; i++) {
-        llama_state_reset(st);
-        if (llama_eval(m, st, tok + win[i].off, win[i].len, NULL, 0, &err) < 0)
-            die("window %d (tokens %d..%d): %s", i, win[i].off, win[i].off + win[i].len - 1, err);
-        total += win[i].len;
-        progress_update((uint64_t)i + 1, 0);
-    }
-    progress_end();
-    info_msg("%d windows, %lld tokens, %d distinct linear inputs", nw, (long long)total, calib_groups(cal));
     json_t *info = json_pack("{s:s,s:s,s:s,s:I,s:i,s:i,s:I,s:I,s:i}", "model", c.model, "data",
                              c.text ? c.text : c.tokens, "sampling", c.samples ? "random" : "all", "samples",
                              (json_int_t)c.samples, "seqlen", c.seqlen, "windows", nw, "input_tokens",
                              (json_int_t)n, "tokens", (json_int_t)total, "bins", c.bins);
     if (c.samples)
         json_object_set_new(info, "seed", json_integer((json_int_t)c.seed));
-    write_stats(&c, cal, info, argc, argv);
-    llama_state_free(st);
+    stats_out so;
+    if (c.stream) {
+        /* every group known up front: the manifest, then the stream, before the run */
+        if (llama_inputs(m, calib_declare, cal, &err) < 0)
+            die_free(err);
+        stats_begin(&so, &c, cal, info, argc, argv);
+        run_layers(m, tok, win, nw, cal, &so);
+    } else {
+        run_windows(m, tok, win, nw, c.seqlen);
+        stats_begin(&so, &c, cal, info, argc, argv);
+    }
+    info_msg("%d windows, %lld tokens, %d distinct linear inputs", nw, (long long)total, calib_groups(cal));
+    stats_end(&so, cal);
     calib_free(cal);
     free(win);
     free(tok);

@@ -8,6 +8,13 @@
  * tokens; the last partial window is kept when it has >= 2 tokens; token j
  * (j = 1..L-1) of a window is scored from tokens 0..j-1 of that window only;
  * ppl = exp(total NLL / scored tokens), natural log.
+ *
+ * --stream-layers (perplexity and KL): the model is never loaded whole; all
+ * windows go through one layer at a time (common/llama.h), their hidden
+ * states kept between layers, then each window's logits are scored in window
+ * order. Same figures to the last bit; peak memory ≈ one layer's f32 weights
+ * + n_tokens × hidden_size × 4 (per model) + the head and one window's
+ * logits, instead of the whole model in f32.
  */
 #include "cli.h"
 #include "dequant.h"
@@ -48,6 +55,9 @@ static const char usage[] =
     "  --stats CAL         stats file from qcal (stream or safetensors) for the proxy loss\n"
     "  --svg FILE          with A B: per-layer SQNR chart\n"
     "  --threads N         threads (default: all CPUs; results are identical for any N)\n"
+    "  --stream-layers     perplexity/KL without loading the whole model: all windows\n"
+    "                      through one layer at a time (same results; memory ~ one layer\n"
+    "                      + tokens x hidden x 4)\n"
     "  --json              machine-readable output\n"
     "  -q, -v, --help, --version\n"
     "examples:\n"
@@ -60,7 +70,7 @@ struct cmdline {
     const char *model[2];
     int nmodels;
     const char *text, *tokens, *tokens_out, *prompt, *stats, *svg;
-    int ctx, json, kl, generate, threads;
+    int ctx, json, kl, generate, threads, stream;
 };
 
 static void parse_cmdline(int argc, char **argv, struct cmdline *c)
@@ -84,6 +94,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
             takes = 0;
             if (!strcmp(a, "--json")) c->json = 1;
             else if (!strcmp(a, "--kl")) c->kl = 1;
+            else if (!strcmp(a, "--stream-layers")) c->stream = 1;
             else if (a[0] == '-' && a[1]) usage_error("unknown option '%s' (or missing value)", a);
             else if (c->nmodels == 2) usage_error("at most two models");
             else c->model[c->nmodels++] = a;
@@ -103,6 +114,8 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
     if ((c->stats || c->svg) && (c->nmodels != 2 || c->text || c->tokens))
         usage_error("--stats and --svg go with the weight comparison 'qeval A B'");
     if (c->nmodels == 2 && (c->text || c->tokens)) c->kl = 1;
+    if (c->stream && (c->generate || (c->nmodels == 2 && !c->kl)))
+        usage_error("--stream-layers goes with perplexity and --kl (not --generate or a weight comparison)");
     if (c->model[0] && c->model[1] && !strcmp(c->model[0], "-") && !strcmp(c->model[1], "-"))
         usage_error("only one model can be read from stdin");
 }
@@ -117,11 +130,11 @@ typedef struct {
     tokenizer *tk;              /* NULL when the model carries no tokenizer.json */
 } model_in;
 
-static void model_open(model_in *mi, const char *path, int threads)
+static void model_open(model_in *mi, const char *path, int threads, int stream)
 {
     char *err = NULL;
     mi->path = path;
-    if (!(mi->m = llama_open(path, &mi->hdr, &err)))
+    if (!(mi->m = stream ? llama_open_streamed(path, &mi->hdr, &err) : llama_open(path, &mi->hdr, &err)))
         die_free(err);
     llama_set_threads(mi->m, threads);
     const qs_file *tj = qs_header_file(&mi->hdr, "tokenizer.json");
@@ -324,10 +337,67 @@ static void run_windows(model_in *ma, model_in *mb, const uint32_t *tok, int n, 
     llama_state_free(sb);
 }
 
+/* A model's batch of windows, run through all its layers. */
+static llama_batch *batch_through(model_in *mi, const uint32_t *tok, const int *off, const int *len, int nw,
+                                  uint64_t *done)
+{
+    char *err = NULL;
+    llama_batch *b = llama_batch_new(mi->m, tok, off, len, nw, &err);
+    if (!b)
+        die("%s: %s", mi->path, err);
+    info_msg("%s: hidden states of %d windows: %.1f MiB", mi->path, nw, (double)llama_batch_bytes(b) / 1048576.0);
+    int nl = llama_model_config(mi->m)->n_layers;
+    for (int l = 0; l < nl; l++) {
+        if (llama_batch_layer(mi->m, b, l, &err) < 0)
+            die("%s: layer %d: %s", mi->path, l, err);
+        progress_update(++*done, 0);
+    }
+    return b;
+}
+
+/* --stream-layers: the windows of run_windows, layer by layer, then scored in window order. */
+static void run_layers(model_in *ma, model_in *mb, const uint32_t *tok, int n, int ctx, ppl_result *r)
+{
+    int V = llama_model_config(ma->m)->vocab, nw = 0;
+    int *off = malloc(((size_t)n / ctx + 1) * sizeof *off), *len = malloc(((size_t)n / ctx + 1) * sizeof *len);
+    float *la = malloc((size_t)ctx * V * sizeof *la), *lb = mb ? malloc((size_t)ctx * V * sizeof *lb) : NULL;
+    if (!off || !len || !la || (mb && !lb))
+        die("out of memory for %d x %d logits", ctx, V);
+    for (int o = 0; o < n && n - o >= 2; o += ctx) {
+        off[nw] = o;
+        len[nw++] = n - o < ctx ? n - o : ctx;
+    }
+    memset(r, 0, sizeof *r);
+    if (mb && !(r->kl = malloc((size_t)n * sizeof *r->kl)))
+        die("out of memory");
+    double t0 = now();
+    uint64_t done = 0, steps = (uint64_t)llama_model_config(ma->m)->n_layers +
+                               (mb ? (uint64_t)llama_model_config(mb->m)->n_layers : 0) + 1;
+    progress_start(steps, 0);
+    llama_batch *ba = batch_through(ma, tok, off, len, nw, &done);
+    llama_batch *bb = mb ? batch_through(mb, tok, off, len, nw, &done) : NULL;
+    char *err = NULL;
+    for (int w = 0; w < nw; w++) {
+        if (llama_batch_logits(ma->m, ba, w, la, &err) < 0)
+            die("%s: %s", ma->path, err);
+        if (mb && llama_batch_logits(mb->m, bb, w, lb, &err) < 0)
+            die("%s: %s", mb->path, err);
+        score_window(la, lb, tok + off[w], len[w], V, r);
+        r->windows++;
+    }
+    if (llama_finish(ma->m, &err) < 0 || (mb && llama_finish(mb->m, &err) < 0))
+        die_free(err);
+    progress_end();
+    r->seconds = now() - t0;
+    llama_batch_free(ba);
+    llama_batch_free(bb);
+    free(la); free(lb); free(off); free(len);
+}
+
 static void cmd_ppl(const struct cmdline *c)
 {
     model_in mi;
-    model_open(&mi, c->model[0], c->threads);
+    model_open(&mi, c->model[0], c->threads, c->stream);
     int ctx = check_ctx(&mi, c->ctx), n;
     uint32_t *tok = tokens_get(c, &mi, &n);
     if (c->tokens_out)
@@ -335,7 +405,7 @@ static void cmd_ppl(const struct cmdline *c)
     if (n < 2)
         die("%s: %d token, nothing to score", c->text ? c->text : c->tokens, n);
     ppl_result r;
-    run_windows(&mi, NULL, tok, n, ctx, &r);
+    (c->stream ? run_layers : run_windows)(&mi, NULL, tok, n, ctx, &r);
     double nll = r.nll[0] / (double)r.scored, tps = r.seconds > 0 ? (double)n / r.seconds : 0;
     if (c->json) {
         print_json(json_pack("{s:s,s:f,s:f,s:I,s:I,s:i,s:i,s:i,s:f,s:f}", "model", c->model[0], "ppl", exp(nll),
@@ -370,8 +440,8 @@ static double percentile(const double *sorted, int64_t n, double q)
 static void cmd_kl(const struct cmdline *c)
 {
     model_in ma, mb;
-    model_open(&ma, c->model[0], c->threads);
-    model_open(&mb, c->model[1], c->threads);
+    model_open(&ma, c->model[0], c->threads, c->stream);
+    model_open(&mb, c->model[1], c->threads, c->stream);
     if (llama_model_config(ma.m)->vocab != llama_model_config(mb.m)->vocab)
         die("%s and %s have different vocabularies (%d vs %d)", c->model[0], c->model[1],
             llama_model_config(ma.m)->vocab, llama_model_config(mb.m)->vocab);
@@ -383,7 +453,7 @@ static void cmd_kl(const struct cmdline *c)
     if (n < 2)
         die("%d token, nothing to score", n);
     ppl_result r;
-    run_windows(&ma, &mb, tok, n, ctx, &r);
+    (c->stream ? run_layers : run_windows)(&ma, &mb, tok, n, ctx, &r);
     double mean = 0;
     for (int64_t i = 0; i < r.scored; i++)
         mean += r.kl[i];
@@ -417,7 +487,7 @@ static void cmd_kl(const struct cmdline *c)
 static void cmd_generate(const struct cmdline *c)
 {
     model_in mi;
-    model_open(&mi, c->model[0], c->threads);
+    model_open(&mi, c->model[0], c->threads, 0);
     const llama_config *cfg = llama_model_config(mi.m);
     int np;
     uint32_t *ids;
