@@ -374,8 +374,11 @@ static int out_header(const struct cmdline *c, const splan *sp, const stats *st,
     if (qs_tensor_init(o, in->name, c->joint && pruned ? DT_F32 : in->dtype, in->ndim, shape)) die("'%s': bad shape", in->name);
     o->attrs = in->attrs ? json_deep_copy(in->attrs) : json_object();
     if (!pruned) return OUT_CUT;
-    char buf[16];
+    char buf[16], *err = NULL;
     const double ratio = ratio_for(c, in->name, in->dtype, in->ndim);
+    prune_opts po = c->prune;          // shape checks (N:M divides, groups) before any output
+    po.ratio = po.nm_m ? 0 : ratio;
+    if (prune_opts_check(&po, shape[1], &err)) die("'%s': %s", in->name, err);
     json_object_set_new(o->attrs, "mask", json_string("zeros"));
     json_object_set_new(o->attrs, "sparsity", json_pack("{s:s, s:s, s:f}", "method", prune_method_name(c->prune.method),
                                                         "pattern", prune_pattern_name(&c->prune, buf, sizeof buf),
