@@ -101,7 +101,8 @@ static meas probe_stop(const probe *p)
     m.cpu = cpu;
     m.par = m.wall > 0 ? cpu / m.wall : 0;
     m.others = (p->b0 >= 0 && b1 >= 0 && m.wall > 0) ? ((b1 - p->b0) - cpu) / ((double)ncpu * m.wall) : NAN;
-    if (m.others < 0) m.others = 0;   // jiffy granularity
+    if (m.others < 0) m.others = 0;   // jiffy granularity (10 ms) on short runs
+    if (m.others > 1) m.others = 1;
     return m;
 }
 
