@@ -548,7 +548,7 @@ static void *cut_raw(const qs_tensor *t, role r, const decision *d, void *raw, c
 {
     if (r == R_NONE) return raw;
     const size_t es = dtype_size(t->dtype);
-    void *out = malloc((size_t)qs_tensor_nbytes(o));
+    void *out = malloc((size_t)qs_numel(o->ndim, o->shape) * es);   // t's dtype, o's shape
     if (!out) die("'%s': out of memory", t->name);
     const int64_t cols = t->ndim == 2 ? t->shape[1] : 1;
     if (r == R_MLP_COLS || r == R_O_COLS) prune_take_cols(raw, t->shape[0], cols, es, d->rows, d->nrows, out);

@@ -222,6 +222,10 @@ EOF
     bin/qprune --sparsegpt 2:4 --bits 4 --group 128 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" \
         | bin/qpack --dtype bf16 -o "$TMP/sg24q4.safetensors"
     check_sparsity "$TMP/sg24q4.safetensors" 'nm>=2:4'
+    # with structured cuts too: quantized parts of the smaller shapes
+    bin/qprune --sparsegpt 2:4 --bits 4 --group 64 --structured mlp=0.25,heads=2 --stats "$TMP/cal.qs" \
+        < "$TMP/ts3m.qs" | bin/qeval - --text tests/data/text/eval.txt > "$TMP/sg-small.txt"
+    grep -q '^ppl' "$TMP/sg-small.txt"
 }
 
 @test "the mask travels: qgptq keeps SparseGPT's zeros at zero" {
