@@ -49,7 +49,7 @@ static const char usage[] =
     "  --stats FILE             importance weights for GGUF quantization (qcal stats, like an imatrix)\n"
     "  --dry-run                print the layout, peak memory and a time estimate, write nothing\n"
     "  --merge FILE...          read several streams (e.g. the parts of `qcat --shard K/N` runs)\n"
-    "                           and write them as one checkpoint; must be the last option\n"
+    "                           and write them as one checkpoint\n"
     "  -q, -v, --progress, --help, --version\n"
     "examples:\n"
     "  qcat model/ | qpack -o copy/\n"
@@ -99,11 +99,11 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         }
         else if (!strcmp(a, "--type-for") && v) { c->type_for = v; i++; }
         else if (!strcmp(a, "--stats") && v) { c->stats = v; i++; }
-        else if (!strcmp(a, "--merge")) {
+        else if (!strcmp(a, "--merge")) {           /* the stream files up to the next option */
             c->ins = (const char **)&argv[i + 1];
-            c->nins = argc - i - 1;
+            c->nins = 0;
+            while (i + 1 < argc && (argv[i + 1][0] != '-' || !strcmp(argv[i + 1], "-"))) { c->nins++; i++; }
             if (!c->nins) usage_error("--merge needs at least one stream file");
-            break;
         }
         else if (!strcmp(a, "--dtype") && v) {
             c->dtype = dtype_from_name(v);
