@@ -228,3 +228,14 @@ PY
     [[ "$ERR" == *"forbidden global 'os.system'"* ]]
     [ ! -e pwned ]
 }
+
+@test "a .zip of a model directory is read too" {
+    python3 -c "
+import os, sys, zipfile
+with zipfile.ZipFile('model.zip', 'w', zipfile.ZIP_DEFLATED) as z:
+    for f in sorted(os.listdir(sys.argv[1])): z.write(os.path.join(sys.argv[1], f), 'ts3m/' + f)
+" "$DATA/ts3m-bf16"
+    qcat model.zip | qpack -o out/
+    same_tensors "$DATA/ts3m-bf16" out
+    cmp "$DATA/ts3m-bf16/tokenizer.json" out/tokenizer.json
+}
