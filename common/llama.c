@@ -85,6 +85,7 @@ struct llama_model {
     llama_config cfg;
     int streamed;               /* weights loaded per layer from ws */
     wsrc ws;
+    int attn_bias, mlp_bias;    /* config.json attention_bias / mlp_bias (llama) */
     int rope_kind;              /* 0 default, 1 linear, 2 llama3 */
     double rope_factor, rope_low, rope_high, rope_orig;
     float *embed;               /* (vocab, dim) */
@@ -240,6 +241,8 @@ static int config_parse(const char *text, size_t len, llama_model *m, char **err
         c->sliding_window = (int)json_integer_value(sw);
     c->eps = (float)eps;
     c->rope_theta = theta;
+    m->attn_bias = json_is_true(json_object_get(cfg, "attention_bias"));
+    m->mlp_bias = json_is_true(json_object_get(cfg, "mlp_bias"));
     /* transformers' LlamaConfig/MistralConfig/Qwen2Config default to untied */
     c->tied = json_is_true(tie);
     rc = 0;
@@ -351,12 +354,30 @@ static void layer_specs(llama_model *m, int l, wspec *sp)
     }
 }
 
+/* Should a streamed model look for optional tensor sp (the bias of linear
+ * lin)? The source's list says, when it has one; else (a stream without a
+ * manifest, where looking for an absent tensor would read to the end) the
+ * config's rule as in transformers: Qwen2 has q/k/v biases, Llama
+ * attention_bias q/k/v/o and mlp_bias gate/up/down, Mistral none. */
+static int bias_expected(const llama_model *m, const wspec *sp, int lin)
+{
+    if (!m->streamed)
+        return 1;
+    int64_t shape[QS_MAX_DIMS];
+    int ndim, r = m->ws.info ? m->ws.info(m->ws.ctx, sp->name, shape, &ndim) : -1;
+    if (r >= 0)
+        return r;
+    if (!strcmp(m->cfg.model_type, "qwen2"))
+        return lin <= LIN_V;
+    return lin <= LIN_O ? m->attn_bias : m->mlp_bias;
+}
+
 static int layer_load(llama_model *m, int l, llama_get_fn get, void *ctx, char **errp)
 {
     wspec sp[LAYER_SPECS];
     layer_specs(m, l, sp);
     for (int i = 0; i < LAYER_SPECS; i++)
-        if (weight_get(get, ctx, sp[i].name, sp[i].d0, sp[i].d1, sp[i].optional, sp[i].dst, errp) < 0)
+        if ((!sp[i].optional || bias_expected(m, &sp[i], (i - 2) / 2)) && weight_get(get, ctx, sp[i].name, sp[i].d0, sp[i].d1, sp[i].optional, sp[i].dst, errp) < 0)
             return -1;
     if (m->layers[l].lin[LIN_Q].b)
         m->cfg.qkv_bias = 1;

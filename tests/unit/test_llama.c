@@ -4,7 +4,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "calib.h"
 #include "dtype.h"
 #include "kernels.h"
 #include "llama.h"
@@ -387,6 +389,351 @@ TEST(llama3_rope_scaling_matches_float64)
 }
 
 /* ------------------------------------------------------------------------
+ * layer streaming: the same bytes as llama_eval, window by window */
+
+/* A hook that records, per distinct input (first weight name), a hash of
+ * every x it is given in order, and the order names first appear. */
+typedef struct {
+    int n;
+    char names[64][96];
+    uint64_t hash[64];
+    int64_t rows[64];
+} hook_rec;
+
+static int rec_hook(void *ctx, const char *const *names, int nnames, const float *x, int n, int d_in,
+                    char **errp)
+{
+    (void)nnames; (void)errp;
+    hook_rec *r = ctx;
+    int i = 0;
+    while (i < r->n && strcmp(r->names[i], names[0])) i++;
+    if (i == r->n) {
+        if (r->n == 64) return -1;
+        snprintf(r->names[r->n++], sizeof r->names[0], "%s", names[0]);
+        r->hash[i] = 1469598103934665603ull;
+    }
+    const unsigned char *b = (const unsigned char *)x;
+    for (size_t k = 0; k < (size_t)n * d_in * sizeof *x; k++)
+        r->hash[i] = (r->hash[i] ^ b[k]) * 1099511628211ull;
+    r->rows[i] += n;
+    return 0;
+}
+
+/* llama_inputs into a hook_rec's name list */
+static int rec_input(void *ctx, const char *const *names, int nnames, int d_in, char **errp)
+{
+    (void)nnames; (void)d_in; (void)errp;
+    hook_rec *r = ctx;
+    snprintf(r->names[r->n++], sizeof r->names[0], "%s", names[0]);
+    return 0;
+}
+
+/* Logits of windows (off[w], len[w]) by llama_eval, one state per window, concatenated. */
+static float *eval_windows(llama_model *m, const uint32_t *tok, const int *off, const int *len, int nw)
+{
+    int V = llama_model_config(m)->vocab;
+    size_t total = 0;
+    for (int w = 0; w < nw; w++) total += (size_t)len[w];
+    float *lg = malloc(total * V * sizeof *lg), *p = lg;
+    char *err = NULL;
+    llama_state *s = llama_state_new(m, 256, 256, &err);
+    for (int w = 0; w < nw; w++) {
+        llama_state_reset(s);
+        if (llama_eval(m, s, tok + off[w], len[w], p, 0, &err) < 0) { fprintf(stderr, "  %s\n", err); abort(); }
+        p += (size_t)len[w] * V;
+    }
+    llama_state_free(s);
+    return lg;
+}
+
+/* The same windows through llama_batch_*. NULL on error (printed). */
+static float *batch_windows(llama_model *m, const uint32_t *tok, const int *off, const int *len, int nw)
+{
+    const llama_config *c = llama_model_config(m);
+    size_t total = 0;
+    for (int w = 0; w < nw; w++) total += (size_t)len[w];
+    float *lg = malloc(total * c->vocab * sizeof *lg), *p = lg;
+    char *err = NULL;
+    llama_batch *b = llama_batch_new(m, tok, off, len, nw, &err);
+    int rc = b ? 0 : -1;
+    for (int l = 0; rc == 0 && l < c->n_layers; l++)
+        rc = llama_batch_layer(m, b, l, &err);
+    for (int w = 0; rc == 0 && w < nw; w++) {
+        rc = llama_batch_logits(m, b, w, p, &err);
+        p += (size_t)len[w] * c->vocab;
+    }
+    if (rc == 0) rc = llama_finish(m, &err);
+    llama_batch_free(b);
+    if (rc < 0) { fprintf(stderr, "  %s\n", err ? err : "?"); free(err); free(lg); return NULL; }
+    return lg;
+}
+
+static int same_records(const hook_rec *a, const hook_rec *b)
+{
+    if (a->n != b->n) return 0;
+    for (int i = 0; i < a->n; i++)
+        if (strcmp(a->names[i], b->names[i]) || a->hash[i] != b->hash[i] || a->rows[i] != b->rows[i]) return 0;
+    return 1;
+}
+
+TEST(streamed_batch_equals_llama_eval_byte_for_byte)
+{
+    int n;
+    uint32_t *tok = read_u32(STORIES "/greedy.tokens.u32", &n);
+    llama_model *m = open_model(TS3M);
+    char *err = NULL;
+    llama_model *sm = llama_open_streamed(TS3M, NULL, &err);
+    CHECK_MSG(sm && llama_is_streamed(sm) && !llama_is_streamed(m), "%s", err ? err : "");
+    if (!tok || !m || !sm) { free(tok); llama_free(m); llama_free(sm); free(err); return; }
+    /* windows of several lengths, overlapping (as qcal's random ones may) */
+    const int off[4] = { 0, 40, 10, 150 }, len[4] = { 64, 100, 1, 51 };
+    int V = 1024;
+    size_t sz = (64 + 100 + 1 + 51) * (size_t)V * sizeof(float);
+    hook_rec ra = { 0 }, rb = { 0 }, rin = { 0 };
+    llama_set_hook(m, rec_hook, &ra);
+    float *a = eval_windows(m, tok, off, len, 4);
+    llama_set_threads(sm, 2);
+    llama_set_hook(sm, rec_hook, &rb);
+    float *b = batch_windows(sm, tok, off, len, 4);
+    CHECK(b && !memcmp(a, b, sz));
+    /* the hook saw the same inputs, in the same order per input, in llama_inputs order */
+    CHECK(ra.n == 17 && same_records(&ra, &rb));
+    CHECK(llama_inputs(sm, rec_input, &rin, &err) == 0 && rin.n == ra.n);
+    for (int i = 0; i < rin.n && i < ra.n; i++) CHECK(!strcmp(rin.names[i], ra.names[i]));
+    /* the batch API on the in-memory model gives the same bytes too */
+    float *c = batch_windows(m, tok, off, len, 4);
+    CHECK(c && !memcmp(a, c, sz));
+    /* and a streamed model refuses llama_eval, layers out of order, early logits */
+    llama_state *s = llama_state_new(sm, 8, 8, &err);
+    CHECK(llama_eval(sm, s, tok, 4, NULL, 0, &err) == -1 && err && strstr(err, "layer-streamed"));
+    free(err); err = NULL;
+    llama_batch *bt = llama_batch_new(sm, tok, off, len, 2, &err);
+    CHECK(bt && llama_batch_layer(sm, bt, 1, &err) == -1 && err && strstr(err, "out of order"));
+    free(err); err = NULL;
+    CHECK(llama_batch_logits(sm, bt, 0, a, &err) == -1 && err && strstr(err, "after 0 of 4 layers"));
+    free(err); err = NULL;
+    uint32_t bad[2] = { 1, 5000 };
+    const int o0[1] = { 0 }, l2[1] = { 2 };
+    CHECK(llama_batch_new(sm, bad, o0, l2, 1, &err) == NULL && err && strstr(err, "token id 5000"));
+    free(err);
+    llama_batch_free(bt);
+    llama_state_free(s);
+    free(a); free(b); free(c); free(tok);
+    llama_free(m);
+    llama_free(sm);
+}
+
+/* Write src's tensors, in reverse order (or, rev 0, in order), as a qstream
+ * file (manifest optional); cut > 0: the file ends 100 bytes into the
+ * frames after the first `cut` tensors (a truncated stream). */
+static int write_stream(const char *src_path, const char *out, int manifest, int rev, int cut)
+{
+    char *err = NULL;
+    qsrc *s = qsrc_open(src_path, &err);
+    if (!s) { free(err); return -1; }
+    qs_header h;
+    qs_header_copy(&h, &s->header);
+    char cfgp[512];
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", src_path);
+    FILE *cf = fopen(cfgp, "rb");
+    if (cf) {
+        char buf[8192];
+        size_t k = fread(buf, 1, sizeof buf, cf);
+        fclose(cf);
+        qs_header_add_file(&h, "config.json", buf, k);
+    }
+    int nt = s->ntensors;
+    off_t cut_at = 0;
+    for (int k = 0; manifest && k < nt; k++) qs_header_manifest_add(&h, &s->tensors[rev ? nt - 1 - k : k]);
+    FILE *f = fopen(out, "wb");
+    qs_writer *w = f ? qs_writer_open_fd(fileno(f), &h, 0, &err) : NULL;
+    int rc = w ? 0 : -1;
+    for (int k = 0; rc == 0 && k < nt; k++) {
+        int i = rev ? nt - 1 - k : k;
+        size_t nb = (size_t)qs_tensor_nbytes(&s->tensors[i]);
+        void *buf = malloc(nb);
+        rc = qsrc_read(s, i, 0, buf, nb, &err) == 0 ? qs_writer_put(w, &s->tensors[i], buf) : -1;
+        free(buf);
+        if (k + 1 == cut) cut_at = lseek(fileno(f), 0, SEEK_CUR);
+    }
+    if (w && qs_writer_close(w, &err) < 0) rc = -1;
+    if (f) fclose(f);
+    if (cut_at > 0 && truncate(out, cut_at + 100) < 0) rc = -1;
+    free(err);
+    qs_header_clear(&h);
+    qsrc_close(s);
+    return rc;
+}
+
+TEST(streamed_from_a_reversed_qstream_spools_and_matches)
+{
+    int n;
+    uint32_t *tok = read_u32(STORIES "/greedy.tokens.u32", &n);
+    llama_model *m = open_model(TS3M);
+    char path[] = "/tmp/test_llama_rev_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd >= 0) close(fd);
+    const int off[2] = { 3, 100 }, len[2] = { 97, 80 };
+    float *a = m && tok ? eval_windows(m, tok, off, len, 2) : NULL;
+    for (int manifest = 1; manifest >= 0 && a; manifest--) {
+        CHECK(write_stream(TS3M, path, manifest, 1, 0) == 0);
+        char *err = NULL;
+        llama_model *sm = llama_open_streamed(path, NULL, &err);
+        CHECK_MSG(sm != NULL, "%s", err ? err : "");
+        float *b = sm ? batch_windows(sm, tok, off, len, 2) : NULL;
+        CHECK_MSG(b && !memcmp(a, b, (97 + 80) * 1024 * sizeof(float)), "manifest %d", manifest);
+        free(b); free(err);
+        llama_free(sm);
+    }
+    /* in order, no manifest, truncated after layer 1: layers 0 and 1 run
+     * (absent biases are not looked for to the end of the stream), layer 2 fails */
+    CHECK(write_stream(TS3M, path, 0, 0, 20) == 0);
+    char *err = NULL;
+    llama_model *sm = llama_open_streamed(path, NULL, &err);
+    llama_batch *b = sm ? llama_batch_new(sm, tok, off, len, 2, &err) : NULL;
+    CHECK(b && llama_batch_layer(sm, b, 0, &err) == 0 && llama_batch_layer(sm, b, 1, &err) == 0);
+    CHECK(b && llama_batch_layer(sm, b, 2, &err) == -1 && err && strstr(err, "truncated"));
+    free(err);
+    llama_batch_free(b);
+    llama_free(sm);
+    unlink(path);
+    free(a); free(tok);
+    llama_free(m);
+}
+
+TEST(streamed_tied_head_reads_the_embedding_again)
+{
+    syn_model sm = { .dim = 32, .hid = 40, .nh = 4, .nkv = 2, .vocab = 50, .L = 3 };
+    char *cfg = syn_config(&sm, "llama", sm.dim), *err = NULL;
+    char *t = strstr(cfg, "\"tie_word_embeddings\": false");
+    memcpy(t, "\"tie_word_embeddings\": true ", strlen("\"tie_word_embeddings\": true "));
+    llama_model *m = llama_load(cfg, strlen(cfg), syn_get, &sm, &err);
+    llama_model *s = llama_load_streamed(cfg, strlen(cfg), syn_get, &sm, &err);
+    free(cfg);
+    CHECK(m && s && llama_model_config(s)->tied);
+    if (!m || !s) { free(err); llama_free(m); llama_free(s); return; }
+    uint32_t tok[40];
+    for (int i = 0; i < 40; i++) tok[i] = (uint32_t)(i * 13 % sm.vocab);
+    const int off[3] = { 0, 5, 20 }, len[3] = { 40, 12, 20 };
+    float *a = eval_windows(m, tok, off, len, 3), *b = batch_windows(s, tok, off, len, 3);
+    CHECK(b && !memcmp(a, b, 72 * 50 * sizeof(float)));
+    free(a); free(b);
+    llama_free(m);
+    llama_free(s);
+}
+
+/* calib statistics of ts3m written to a file: window-major + calib_write, or
+ * layer-major (streamed) with declared groups + calib_flush after each layer. */
+static char *stats_bytes(int streamed, const uint32_t *tok, const int *off, const int *len, int nw, size_t *nb)
+{
+    char *err = NULL;
+    llama_model *m = streamed ? llama_open_streamed(TS3M, NULL, &err) : open_model(TS3M);
+    calib *c = calib_new(64, &err);
+    if (!m || !c) { free(err); llama_free(m); calib_free(c); return NULL; }
+    llama_set_hook(m, calib_hook, c);
+    FILE *f = tmpfile();
+    qs_header h;
+    qs_header_init(&h);
+    qs_writer *w = NULL;
+    int rc = 0;
+    if (streamed) {
+        rc = llama_inputs(m, calib_declare, c, &err);
+        rc = rc ? rc : calib_manifest(c, &h, &err);
+        w = rc ? NULL : qs_writer_open_fd(fileno(f), &h, 0, &err);
+        llama_batch *b = w ? llama_batch_new(m, tok, off, len, nw, &err) : NULL;
+        rc = b ? 0 : -1;
+        size_t most = 0;
+        for (int l = 0; rc == 0 && l < 4; l++) {
+            rc = llama_batch_layer(m, b, l, &err);
+            if (calib_bytes(c) > most) most = calib_bytes(c);
+            rc = rc ? rc : calib_flush(c, w, &err);
+        }
+        /* one layer's Hessians at a time: 3 x 256² + 768² doubles (+ small) */
+        CHECK_MSG(most < (3 * 256 * 256 + 768 * 768) * 8 + 2000000, "%zu bytes", most);
+        CHECK(rc != 0 || calib_bytes(c) < 2000000);
+        for (int i = 0; rc == 0 && i < nw; i++) rc = llama_batch_logits(m, b, i, NULL, &err);
+        llama_batch_free(b);
+    } else {
+        char *e2 = NULL;
+        llama_state *s = llama_state_new(m, 256, 256, &e2);
+        for (int i = 0; rc == 0 && i < nw; i++) {
+            llama_state_reset(s);
+            rc = llama_eval(m, s, tok + off[i], len[i], NULL, 0, &err);
+        }
+        llama_state_free(s);
+        rc = rc ? rc : calib_manifest(c, &h, &err);
+        w = rc ? NULL : qs_writer_open_fd(fileno(f), &h, 0, &err);
+        if (!w) rc = -1;
+    }
+    rc = rc ? rc : calib_write(c, w, &err);
+    if (w && qs_writer_close(w, rc ? NULL : &err) < 0) rc = -1;
+    char *out = NULL;
+    if (rc == 0) {
+        fflush(f);
+        long sz = ftell(f);
+        out = malloc((size_t)sz);
+        rewind(f);
+        *nb = fread(out, 1, (size_t)sz, f);
+    } else {
+        fprintf(stderr, "  %s\n", err ? err : "?");
+    }
+    free(err);
+    fclose(f);
+    qs_header_clear(&h);
+    calib_free(c);
+    llama_free(m);
+    return out;
+}
+
+TEST(streamed_statistics_flushed_per_layer_are_the_same_bytes)
+{
+    int n;
+    uint32_t *tok = read_u32(STORIES "/greedy.tokens.u32", &n);   /* ids < 512: valid for ts3m too */
+    const int off[3] = { 0, 77, 30 }, len[3] = { 120, 124, 60 };
+    size_t na = 0, nb = 0;
+    char *a = tok ? stats_bytes(0, tok, off, len, 3, &na) : NULL;
+    char *b = tok ? stats_bytes(1, tok, off, len, 3, &nb) : NULL;
+    CHECK(a && b && na > 4000000 && na == nb && !memcmp(a, b, na));
+    free(a); free(b); free(tok);
+}
+
+TEST(streamed_open_checks_every_shape_before_reading)
+{
+    char dir[] = "/tmp/test_llama_cfg_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char p[600], target[600];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    CHECK(realpath(TS3M "/model.safetensors", target) != NULL);
+    CHECK(symlink(target, p) == 0);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *f = fopen(p, "w");
+    fprintf(f, "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 512,"
+               " \"num_hidden_layers\": 4, \"num_attention_heads\": 8, \"num_key_value_heads\": 4,"
+               " \"vocab_size\": 1024}");
+    fclose(f);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    char *err = NULL;
+    CHECK(llama_open_streamed(p, NULL, &err) == NULL);
+    CHECK_MSG(err && strstr(err, "model.layers.0.mlp.gate_proj.weight' has shape [768, 256]") &&
+              strstr(err, "implies [512, 256]"), "%s", err ? err : "");
+    free(err); err = NULL;
+    /* a layer more than the config says, found in the tensor list */
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    f = fopen(p, "w");
+    fprintf(f, "{\"model_type\": \"llama\", \"hidden_size\": 256, \"intermediate_size\": 768,"
+               " \"num_hidden_layers\": 3, \"num_attention_heads\": 8, \"num_key_value_heads\": 4,"
+               " \"vocab_size\": 1024}");
+    fclose(f);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    CHECK(llama_open_streamed(p, NULL, &err) == NULL && err && strstr(err, "num_hidden_layers 3"));
+    free(err);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    unlink(p);
+    rmdir(dir);
+}
+
+/* ------------------------------------------------------------------------
  * errors */
 
 TEST(config_contradicting_shapes_is_an_error)
@@ -469,5 +816,10 @@ int main(void)
     RUN(config_contradicting_shapes_is_an_error);
     RUN(unknown_architecture_and_bad_config_are_errors);
     RUN(eval_rejects_bad_tokens_and_overflow);
+    RUN(streamed_batch_equals_llama_eval_byte_for_byte);
+    RUN(streamed_from_a_reversed_qstream_spools_and_matches);
+    RUN(streamed_tied_head_reads_the_embedding_again);
+    RUN(streamed_statistics_flushed_per_layer_are_the_same_bytes);
+    RUN(streamed_open_checks_every_shape_before_reading);
     return tl_summary();
 }
