@@ -156,7 +156,7 @@ static void *xmalloc(size_t n)
 
 typedef struct {
     const uint16_t *f16;   /* [rows, cols] input */
-    float *f32;            /* [rows, cols] scratch */
+    float *f32;            /* [rows, cols] scratch of the split path */
     uint8_t *out;          /* [rows, row_bytes] */
     int64_t rows, cols;
     int type;
@@ -165,13 +165,17 @@ typedef struct {
 
 enum { RTN_SPLIT_ROWS = 64 };
 
-/* qpack --gguf's path for one tensor: the whole tensor to f32, then every row. */
+/* qpack --gguf's path for one tensor (tensor_to_f32 then ggml_quantize_rows):
+ * a fresh f32 buffer for the whole tensor, every row, free. */
 static void rtn_whole(const rtn_job *j)
 {
-    dtype_to_f32(DT_F16, j->f16, j->f32, (size_t)(j->rows * j->cols));
-    ggml_quantize_rows(j->type, j->f32, j->out, j->rows, j->cols, NULL);
+    float *f = xmalloc((size_t)(j->rows * j->cols) * sizeof *f);
+    dtype_to_f32(DT_F16, j->f16, f, (size_t)(j->rows * j->cols));
+    ggml_quantize_rows(j->type, f, j->out, j->rows, j->cols, NULL);
+    free(f);
 }
 
+/* One 64-row block of the split path; j->f32 is a preallocated (warm) buffer. */
 static int rtn_block(void *ctx, int64_t b)
 {
     const rtn_job *j = ctx;
@@ -260,6 +264,22 @@ static int bench_rtn(int reps)
                 snprintf(ratio, sizeof ratio, "%.2fx ref", mref.wall / msimd.wall);
                 print_rtn_row(shape, tn, "SIMD dispatch", 1, msimd, mb, ratio,
                               memcmp(out, ref, j.row_bytes * (size_t)rows) ? "DIFFERS from _ref" : "= _ref bytes");
+                // the quantize kernel alone, on the already converted f32 values
+                meas mk[2] = { { 0 } };
+                for (int simd = 0; simd <= 1; simd++) {
+                    ggml_quants_force_ref(!simd);
+                    for (int r = 0; r < reps; r++) {
+                        memset(out, 0, j.row_bytes * (size_t)rows);
+                        probe p;
+                        probe_start(&p);
+                        ggml_quantize_rows(type, f32, out, rows, cols, NULL);
+                        keep_best(&mk[simd], probe_stop(&p));
+                    }
+                    snprintf(ratio, sizeof ratio, "%.2fx kref", mk[0].wall / mk[simd].wall);
+                    print_rtn_row(shape, tn, simd ? "kernel only, SIMD" : "kernel only, _ref", 1, mk[simd], mb, ratio,
+                                  memcmp(out, ref, j.row_bytes * (size_t)rows) ? "DIFFERS from _ref" : "= _ref bytes");
+                }
+                ggml_quants_force_ref(0);
                 for (int thr = 1; thr <= 2; thr++) {
                     for (int r = 0; r < reps; r++) {
                         memset(out, 0, j.row_bytes * (size_t)rows);
@@ -280,10 +300,13 @@ static int bench_rtn(int reps)
         free(f32);
         print_rule();
     }
-    puts("path: 'scalar _ref' and 'SIMD dispatch' are qpack --gguf's per-tensor path (whole tensor to f32,");
-    puts("      then ggml_quantize_rows, one thread); '64-row blocks' splits the same two calls over");
-    puts("      quant_parallel_for (qpack does not do this today).");
-    puts("ratio: time of the scalar _ref run (or of the 1-thread split) over this row's, same process.");
+    puts("path: 'scalar _ref' and 'SIMD dispatch' are qpack --gguf's per-tensor path (malloc an f32 copy");
+    puts("      of the whole tensor, dtype_to_f32, ggml_quantize_rows, free; one thread); '64-row blocks'");
+    puts("      splits the same two calls over quant_parallel_for into a preallocated f32 buffer (qpack");
+    puts("      does not do this today). 'f16->f32 only' is dtype_to_f32 into a warm buffer; 'kernel only'");
+    puts("      is ggml_quantize_rows on those f32 values (MB/s still counts 2 bytes per weight).");
+    puts("ratio: time of the scalar _ref run (kref: _ref kernel only; 1thr: the 1-thread split) over this");
+    puts("       row's, same process.");
     puts("MB/cpus: MB per CPU-second of this process (what one unshared core would give a 1-thread run).");
     puts("cpu/s: this process's CPU seconds per wall second; others: share of all CPUs used by other");
     puts("       processes during the run (/proc/stat).");
