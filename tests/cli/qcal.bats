@@ -95,3 +95,35 @@ EOF
     fails_cleanly "qcal nonexistent --tokens '$DATA/stories260k/greedy.tokens.u32' -o cal.qs"
     [ ! -e cal.qs ]
 }
+
+@test "--stream-layers writes the same statistics as the in-memory run (ts3m random windows, stories260k all, a stdin stream)" {
+    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" --samples 5 --seqlen 80 --seed 2 | qpack -o a.safetensors
+    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" --samples 5 --seqlen 80 --seed 2 --stream-layers --threads 2 | qpack -o b.safetensors
+    same_tensors a.safetensors b.safetensors
+    qcat "$DATA/ts3m-bf16" | qcal - --text "$DATA/text/calib.txt" --samples 5 --seqlen 80 --seed 2 --stream-layers | qpack -o c.safetensors
+    same_tensors a.safetensors c.safetensors
+    qcal "$DATA/stories260k" --tokens "$DATA/stories260k/greedy.tokens.u32" --seqlen 70 | qpack -o d.safetensors
+    qcal "$DATA/stories260k" --tokens "$DATA/stories260k/greedy.tokens.u32" --seqlen 70 --stream-layers | qpack -o e.safetensors
+    same_tensors d.safetensors e.safetensors
+    # a different sampling really is different (the comparison can fail)
+    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" --samples 5 --seqlen 80 --seed 3 --stream-layers | qpack -o f.safetensors
+    ! same_tensors a.safetensors f.safetensors > /dev/null
+}
+
+@test "--stream-layers passes the float64 Hessian check and names its memory with -v" {
+    [ -x "$CHECKER" ] || skip "build/tests/test_stats not built"
+    qcal -v "$DATA/stories260k" --tokens "$DATA/stories260k/greedy.tokens.u32" --stream-layers -o cal.qs 2> err.txt
+    (cd "$ROOT" && "$CHECKER" --check-file "$T/cal.qs") > check.txt
+    grep -q '^ok - check-file' check.txt
+    grep -q 'with --stream-layers' err.txt
+    grep -q 'statistics in memory at most .* MiB (one layer)' err.txt
+}
+
+@test "--stream-layers on a truncated stream fails cleanly at the layer it reaches, leaving no output" {
+    qcat "$DATA/stories260k" > full.qs
+    head -c 600000 full.qs > cut.qs
+    fails_cleanly "qcal cut.qs --tokens '$DATA/stories260k/greedy.tokens.u32' --stream-layers -o cal.qs"
+    [[ "$ERR" == "qcal: layer 2: "*"truncated"* ]]
+    [ ! -e cal.qs ]
+    ! ls -a | grep -q 'cal.qs.tmp'
+}

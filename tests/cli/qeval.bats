@@ -144,3 +144,25 @@ close() {
     fails_cleanly "qeval '$DATA/stories260k' --bogus"
     fails_cleanly "qeval '$DATA/stories260k/config.json' --tokens '$DATA/stories260k/greedy.tokens.u32'"
 }
+
+@test "--stream-layers gives the same perplexity, to every printed digit (ts3m, stories260k, a stdin stream)" {
+    head -c 6000 "$DATA/text/eval.txt" > short.txt
+    qeval "$DATA/ts3m-bf16" --text short.txt --ctx 100 --json | jq -c '[.ppl, .nll, .tokens, .windows]' > a
+    qeval "$DATA/ts3m-bf16" --text short.txt --ctx 100 --json --stream-layers --threads 2 | jq -c '[.ppl, .nll, .tokens, .windows]' > b
+    cmp a b
+    qcat "$DATA/ts3m-bf16" | qeval - --text short.txt --ctx 100 --json --stream-layers | jq -c '[.ppl, .nll, .tokens, .windows]' > c
+    cmp a c
+    qeval "$DATA/stories260k" --tokens "$DATA/stories260k/greedy.tokens.u32" --json --stream-layers > s.json
+    close "$(jq .ppl s.json)" 2.50596 0.001
+    qeval "$DATA/stories260k" --tokens "$DATA/stories260k/greedy.tokens.u32" --json | jq .nll > m1
+    jq .nll s.json > m2
+    cmp m1 m2
+}
+
+@test "--stream-layers --kl of a model against itself: KL 0, top-1 agreement 1; --generate refuses it" {
+    head -c 3000 "$DATA/text/eval.txt" > short.txt
+    qeval "$DATA/ts3m-bf16" "$DATA/ts3m-bf16" --text short.txt --ctx 64 --kl --stream-layers --json > kl.json
+    jq -e '.kl.max == 0 and .top1_agreement == 1 and .ppl_base == .ppl_compressed' kl.json
+    fails_cleanly "qeval '$DATA/ts3m-bf16' --generate 4 --stream-layers"
+    [[ "$ERR" == *"--stream-layers goes with perplexity"* ]]
+}
