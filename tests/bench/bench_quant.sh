@@ -32,6 +32,7 @@ if [ "${QUANT_CLI:-1}" != 0 ]; then
     # run LABEL THREADS CMD...: OPENBLAS_NUM_THREADS=1 so the first tensor's Hessian inverse
     # is single-threaded like every later one (and as in qbench_quant; see README)
     declare -A one
+    par2=""
     run() {
         local label=$1 t=$2; shift 2
         local best="" bu="" bs="" bo=""
@@ -46,6 +47,7 @@ if [ "${QUANT_CLI:-1}" != 0 ]; then
                 bo=$(echo "o = (($b1 - $b0) / $hz - $u - $s) / ($ncpu * $e); if (o < 0) o = 0; if (o > 1) o = 1; o * 100" | bc -l)
             fi
         done
+        [ "$t" = 1 ] || par2="$par2 $(echo "($bu + $bs) / $best" | bc -l)"
         local check=""
         if [ "$t" = 1 ]; then one[$label]=$best; mv "$B/out.qs" "$B/out1.qs"
         elif cmp -s "$B/out.qs" "$B/out1.qs"; then check="= 1-thread bytes"
@@ -60,6 +62,9 @@ if [ "${QUANT_CLI:-1}" != 0 ]; then
     fi
     for t in 1 2; do run "qprune --sparsegpt --sparsity 0.5" "$t" qprune -q --sparsegpt --sparsity 0.5 --stats "$st"; done
     echo "---------------------------------------------------------------------------------------------"
+    echo "$par2" | awk '{ mn = 1e9; mx = 0; for (i = 1; i <= NF; i++) { if ($i < mn) mn = $i; if ($i > mx) mx = $i }
+        printf "verdict: 2-thread CLI runs got %.2f-%.2f CPU-s per s: ", mn, mx
+        print (mn >= 1.6 ? "real parallel speed-ups." : mx >= 1.6 ? "only some ran on two CPUs." : "the threads did NOT get two CPUs, not parallel speed-ups.") }'
     echo "CLI times include reading the stats (Hessian f32) and the stream, writing the output stream."
     rm -f "$B/out.qs" "$B/out1.qs" "$B/time.txt"
 fi

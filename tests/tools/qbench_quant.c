@@ -194,6 +194,35 @@ static void rtn_split(rtn_job *j, int threads)
     }
 }
 
+/* cpu/s range of the 2-thread runs printed so far, and the most the others used */
+static double par2_min = 1e9, par2_max = 0, others_max = 0;
+
+static void note_run(int thr, meas m)
+{
+    if (thr == 2) {
+        if (m.par < par2_min) par2_min = m.par;
+        if (m.par > par2_max) par2_max = m.par;
+    }
+    if (m.others > others_max) others_max = m.others;
+}
+
+/* Whether the 2-thread figures above are parallel speed-ups. */
+static void print_verdict(void)
+{
+    if (par2_max <= 0) return;
+    printf("verdict: 2-thread runs got %.2f-%.2f CPU-s per s; other processes used up to %.0f%% of the CPUs:\n",
+           par2_min, par2_max, 100 * others_max);
+    if (par2_min >= 1.6)
+        puts("         the 2-thread ratios are real parallel speed-ups.");
+    else if (par2_max >= 1.6)
+        puts("         only some 2-thread runs ran on two CPUs; compare ratios with their cpu/s.");
+    else
+        puts("         the threads did NOT get two CPUs, so the 2-thread ratios are not parallel speed-ups.");
+    par2_min = 1e9;
+    par2_max = 0;
+    others_max = 0;
+}
+
 static void print_rule(void)
 {
     puts("---------------------------------------------------------------------------------------------");
@@ -202,6 +231,7 @@ static void print_rule(void)
 static void print_rtn_row(const char *shape, const char *type, const char *path, int thr,
                           meas m, double mb, const char *ratio, const char *same)
 {
+    note_run(thr, m);
     printf("%-12s %-5s %-20s %3d %7.3f %6.0f %7.0f %11s %5.2f %5.0f%%  %s\n", shape, type, path, thr,
            m.wall, mb / m.wall, mb / m.cpu, ratio, m.par, 100 * m.others, same);
 }
@@ -300,6 +330,7 @@ static int bench_rtn(int reps)
         free(f32);
         print_rule();
     }
+    print_verdict();
     puts("path: 'scalar _ref' and 'SIMD dispatch' are qpack --gguf's per-tensor path (malloc an f32 copy");
     puts("      of the whole tensor, dtype_to_f32, ggml_quantize_rows, free; one thread); '64-row blocks'");
     puts("      splits the same two calls over quant_parallel_for into a preallocated f32 buffer (qpack");
@@ -406,6 +437,7 @@ static int write_cli_fixture(const char *dir, const float *w, const float *h, in
 
 static void print_gptq_row(const char *what, int thr, meas m, const char *ratio, const char *note)
 {
+    note_run(thr, m);
     printf("%-38s %3d %7.2f %7.2f %11s %5.2f %5.0f%%  %s\n", what, thr, m.wall, m.cpu, ratio, m.par,
            100 * m.others, note);
 }
@@ -422,6 +454,7 @@ static int bench_gptq(int reps, int64_t d, int64_t ntok, const char *write_dir, 
 {
     const int64_t rows = d, cols = d, LROWS = 32;
     char what[96], ratio[32];
+    double cpu_one[3] = { 0 };   /* 1-thread CPU s: gptq act off, act on, SparseGPT 50 % */
     printf("GPTQ / SparseGPT per %lldx%lld layer; best of %d\n", (long long)rows, (long long)cols, reps);
     probe p;
     probe_start(&p);
@@ -505,6 +538,7 @@ static int bench_gptq(int reps, int64_t d, int64_t ntok, const char *write_dir, 
             else snprintf(note, sizeof note, "%s", same ? "= 1-thread bytes" : "DIFFERS from 1 thread");
             print_gptq_row(what, thr, m[thr], ratio, note);
         }
+        cpu_one[act] = m[1].cpu;
         gptq_result_free(&r1);
     }
 
@@ -553,10 +587,19 @@ static int bench_gptq(int reps, int64_t d, int64_t ntok, const char *write_dir, 
                 }
                 print_gptq_row(what, thr, m[thr], ratio, note);
             }
+            if (k == 0) cpu_one[2] = m[1].cpu;
         }
         free(p1);
     }
     print_rule();
+    {   // Amdahl: the Hessian inverse (1 BLAS thread) is serial, the row blocks split over 2 CPUs
+        const double hc = mhv[1].cpu;
+        printf("2-CPU bound, Hessian inverse serial (%.2f CPU s per layer): qgptq act-order off %.2fx,"
+               " on %.2fx", hc, cpu_one[0] / (hc + (cpu_one[0] - hc) / 2), cpu_one[1] / (hc + (cpu_one[1] - hc) / 2));
+        if (cpu_one[2] > 0) printf(", SparseGPT 50%% %.2fx", cpu_one[2] / (hc + (cpu_one[2] - hc) / 2));
+        printf("\n");
+    }
+    print_verdict();
     puts("qgptq: gptq_quantize (Hessian inverse + lazy-block column loop over 32-row blocks), int 4-bit,");
     puts("       group 128, asym, block 128, damp 0.01. SparseGPT: prune_matrix, block 128, damp 0.01.");
     puts("       thr = the engines' row-block threads; the Hessian inverse inside runs with 1 BLAS thread");
