@@ -113,6 +113,37 @@ static int cmp_score(const void *a, const void *b, void *ctx)
     return ia < ib ? -1 : ia > ib;
 }
 
+/* Total order: is (s[a], a) before (s[b], b)? */
+static int before(const double *s, int64_t a, int64_t b)
+{
+    return cmp_score(&a, &b, (void *)s) < 0;
+}
+
+/* Quickselect (median-of-three, Lomuto partition) until idx[0..k) holds the k
+ * smallest under the total order; after 2 log2(n) + 8 rounds, sort instead.
+ * The k smallest under a total order are one set, so the mask does not depend
+ * on how they were found. */
+static void select_k(const double *s, int64_t *idx, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n, rounds = 8;
+    for (int64_t m = n; m > 1; m >>= 1) rounds += 2;
+    while (hi - lo > 16 && rounds-- > 0) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        int64_t a = idx[lo], b = idx[mid], c = idx[hi - 1], piv;
+        if (before(s, a, b)) piv = before(s, b, c) ? b : (before(s, a, c) ? c : a);
+        else piv = before(s, a, c) ? a : (before(s, b, c) ? c : b);
+        int64_t store = lo;
+        for (int64_t i = lo; i < hi; i++)          // [lo, store) < pivot
+            if (before(s, idx[i], piv)) { int64_t t = idx[i]; idx[i] = idx[store]; idx[store++] = t; }
+        for (int64_t i = store; i < hi; i++)       // pivot itself next
+            if (idx[i] == piv) { idx[i] = idx[store]; idx[store] = piv; break; }
+        if (k <= store) hi = store;
+        else if (k > store + 1) lo = store + 1;
+        else return;
+    }
+    if (hi - lo > 1) qsort_r(idx + lo, (size_t)(hi - lo), sizeof *idx, cmp_score, (void *)s);
+}
+
 void prune_select_smallest(const double *s, int64_t n, int64_t k, uint8_t *mask, int64_t *scratch)
 {
     if (k < 0) k = 0;
@@ -120,7 +151,7 @@ void prune_select_smallest(const double *s, int64_t n, int64_t k, uint8_t *mask,
     memset(mask, 0, (size_t)n);
     if (k == 0) return;
     for (int64_t j = 0; j < n; j++) scratch[j] = j;
-    qsort_r(scratch, (size_t)n, sizeof *scratch, cmp_score, (void *)s);
+    if (k < n) select_k(s, scratch, n, k);
     for (int64_t j = 0; j < k; j++) mask[scratch[j]] = 1;
 }
 

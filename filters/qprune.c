@@ -49,7 +49,7 @@ static const char usage[] =
     "methods:\n"
     "  --magnitude         |W_ij| (no statistics needed)\n"
     "  --wanda             |W_ij| * ||X_j||_2 within each output row (Sun et al. 2024); needs --stats\n"
-    "  --sparsegpt         OBS mask and weight update with the Hessian (Frantar & Alistarh 2023); needs --stats\n"
+    "  --sparsegpt         OBS mask and update with the Hessian (Frantar, Alistarh 2023); needs --stats\n"
     "patterns:\n"
     "  --sparsity R        fraction of each row's weights to zero (default 0.5)\n"
     "  --per-layer         the fraction holds over each whole matrix (SparseGPT: per 128-column\n"

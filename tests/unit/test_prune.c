@@ -136,6 +136,32 @@ TEST(select_smallest_breaks_ties_by_index)
     CHECK(prune_count(0.5, 7) == 4 && prune_count(0.3, 10) == 3 && prune_count(0.25, 6) == 2);
 }
 
+/* Against the definition: j is selected iff fewer than k entries come before
+ * it in the order (score, index); sizes around the quickselect cut-off, many ties. */
+TEST(select_smallest_matches_definition)
+{
+    static const int64_t sizes[] = { 1, 2, 3, 7, 16, 17, 33, 128, 300, 1000 };
+    for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+        const int64_t n = sizes[z];
+        double *s = malloc((size_t)n * sizeof *s);
+        int64_t *scratch = malloc((size_t)n * sizeof *scratch);
+        uint8_t *m = malloc((size_t)n);
+        for (int trial = 0; trial < 6; trial++) {
+            for (int64_t j = 0; j < n; j++) s[j] = trial % 2 ? floor(urand() * 5) : urand();
+            const int64_t k = (int64_t)(urand() * (double)(n + 1));
+            prune_select_smallest(s, n, k, m, scratch);
+            int bad = 0;
+            for (int64_t j = 0; j < n; j++) {
+                int64_t rank = 0;
+                for (int64_t i = 0; i < n; i++) rank += s[i] < s[j] || (s[i] == s[j] && i < j);
+                bad += m[j] != (rank < k);
+            }
+            CHECK_MSG(bad == 0, "n %lld k %lld trial %d", (long long)n, (long long)k, trial);
+        }
+        free(s); free(scratch); free(m);
+    }
+}
+
 TEST(options_are_checked)
 {
     prune_opts o;
@@ -587,6 +613,7 @@ static int fixture_open(void)
 int main(void)
 {
     RUN(select_smallest_breaks_ties_by_index);
+    RUN(select_smallest_matches_definition);
     RUN(options_are_checked);
     RUN(wanda_hand_example);
     RUN(wanda_keeps_the_best_scores);
