@@ -161,6 +161,7 @@ typedef struct {
     char *prefix;
     int expected, arrived, done;
     item *roles[R_COUNT];
+    int64_t mshape[R_COUNT][2];     /* shapes announced by the manifest (0 = not announced) */
 } layer;
 
 typedef struct {
@@ -255,6 +256,29 @@ static void add_provenance(qs_header *h, int argc, char **argv)
     free(args);
 }
 
+static void group_stats(const state *S, const char *wname, int64_t cols, awq_input *in);
+
+/* Before anything is written: the statistics every announced layer needs
+ * are there and fit (dies naming the weight otherwise). */
+static void check_layer_stats(const state *S, const layer *L)
+{
+    static const int first[AWQ_NGROUPS] = { AWQ_Q, AWQ_O, AWQ_GATE, AWQ_DOWN };
+    const int64_t (*m)[2] = L->mshape;
+    for (int g = 0; g < AWQ_NGROUPS; g++) {
+        const int r = first[g];
+        if (!m[r][0]) continue;
+        if (g == 1 && !(m[AWQ_V][0] == m[AWQ_O][0] && m[AWQ_V][1] == m[AWQ_O][1] && m[AWQ_V][0] == m[AWQ_O][1])) continue;
+        if (g == 3 && !m[AWQ_UP][0]) continue;
+        if (S->c->awq.smooth >= 0 && (g == 1 || g == 3)) continue;
+        char name[1024];
+        snprintf(name, sizeof name, "%s%s", L->prefix, role_suffix[r]);
+        awq_input in;
+        group_stats(S, name, m[r][1], &in);
+        if (S->c->awq.smooth < 0 ? !in.xabs_mean : !in.absmax)
+            die("'%s': no %s in %s", name, S->c->awq.smooth < 0 ? "xabs_mean" : "absmax", S->c->stats_path);
+    }
+}
+
 /* Output header: role tensors become f32 (or quantized); counts the roles
  * each layer will receive so a layer is processed as soon as it is whole. */
 static void build_header(state *S, const qs_header *in, int argc, char **argv, qs_header *out)
@@ -279,12 +303,15 @@ static void build_header(state *S, const qs_header *in, int argc, char **argv, q
         int li = layer_find(S, name, plen, 1);   // may move S->layers
         S->layers[li].expected++;
         int64_t sh[2] = { json_integer_value(json_array_get(shape, 0)), json_integer_value(json_array_get(shape, 1)) };
+        S->layers[li].mshape[role][0] = sh[0];
+        S->layers[li].mshape[role][1] = ndim > 1 ? sh[1] : 1;
         qs_tensor q;
         output_header(S->c, name, NULL, role, ndim, sh, &q);
         qs_header_manifest_add(out, &q);
         qs_tensor_clear(&q);
     }
     json_decref(old);
+    for (int l = 0; l < S->nlayers; l++) check_layer_stats(S, &S->layers[l]);
     add_provenance(out, argc, argv);
 }
 
@@ -511,6 +538,8 @@ static void write_stats_out(state *S, int argc, char **argv)
         if (!si || strncmp(what, "act_", 4)) json_array_append(h.manifest, e);
     }
     json_decref(old);
+    // mark the file: consumers must not apply the recorded input_scale a second time
+    json_object_set_new(h.meta, "awq_input_scaled", json_true());
     add_provenance(&h, argc, argv);
     out_file o;
     out_create(&o, S->c->stats_out);

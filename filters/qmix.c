@@ -413,7 +413,7 @@ static void calibrate(state *S, int fd, const qs_header *h)
 static uint64_t budget_bits(const state *S, uint64_t nweights)
 {
     if (S->c->avg_bits > 0) return (uint64_t)floor(S->c->avg_bits * (double)nweights);
-    if (S->c->max_size / 8 < S->other_bytes) die("--max-size: the tensors not allocated already take %llu bytes",
+    if (S->c->max_size < S->other_bytes) die("--max-size: the tensors not allocated already take %llu bytes",
                                                  (unsigned long long)S->other_bytes);
     return (S->c->max_size - S->other_bytes) * 8;
 }
@@ -519,6 +519,9 @@ static void build_header(const state *S, const qs_header *in, int argc, char **a
         if (qs_tensor_init(&t, name, dts ? dtype_from_name(dts) : DT_F32, 2, shape)) die("'%s': bad shape", name);
         output_header(S, &t, &S->t[k++], &q);
         qs_header_manifest_add(out, &q);
+        // the setting in the manifest too, so that qgptq can plan its header before the data
+        json_object_set(json_array_get(out->manifest, json_array_size(out->manifest) - 1), "qmix",
+                        json_object_get(q.attrs, "qmix"));
         qs_tensor_clear(&t);
         qs_tensor_clear(&q);
     }

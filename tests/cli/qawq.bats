@@ -1,0 +1,128 @@
+#!/usr/bin/env bats
+# tests: qawq
+# requires: qcat, qcal, qpack, qeval, qgptq, python3 (standard library only)
+#
+# ts3m-bf16 (tests/data) made f32 with qpack, calibrated with qcal on
+# tests/data/text/calib.txt; perplexities on tests/data/text/eval.txt.
+load helpers
+
+setup_file() {
+    export TS="$BATS_FILE_TMPDIR"
+    qcat "$DATA/ts3m-bf16" > "$TS/bf16.qs"
+    qpack --dtype f32 -o "$TS/f32/" < "$TS/bf16.qs"
+    qcat "$TS/f32" > "$TS/f32.qs"
+    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" -q -o "$TS/cal.qs"
+}
+
+ppl() {   # ppl STREAM — eval.txt perplexity, full precision
+    qeval "$1" --text "$DATA/text/eval.txt" --json | python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["ppl"]))'
+}
+
+@test "qawq refuses to run without --stats" {
+    fails_cleanly "qawq < '$TS/f32.qs'"
+    [[ "$ERR" == *"--stats"* ]]
+}
+
+@test "qawq refuses --float without --bits and a missing stats file" {
+    fails_cleanly "qawq --stats '$TS/cal.qs' --float < '$TS/f32.qs'"
+    fails_cleanly "qawq --stats '$TS/nope.qs' < '$TS/f32.qs'"
+    [[ "$ERR" == *"nope.qs"* ]]
+}
+
+@test "qawq names the weight whose statistics do not fit" {
+    python3 - <<'EOF2'
+import json, struct
+vals = [1.0, 0.0, 0.0, 1.0]
+h = json.dumps({"model.layers.0.self_attn.q_proj.weight.hessian": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
+h += b' ' * (-len(h) % 8)
+open('bad.safetensors', 'wb').write(struct.pack('<Q', len(h)) + h + struct.pack('<4f', *vals))
+EOF2
+    fails_cleanly "qawq --stats bad.safetensors < '$TS/f32.qs'"
+    [[ "$ERR" == *"model.layers.0.self_attn.q_proj.weight"* ]]
+}
+
+@test "AWQ folding leaves the f32 model's perplexity unchanged (1e-4 relative)" {
+    qawq --stats "$TS/cal.qs" < "$TS/f32.qs" > awq.qs
+    a=$(ppl "$TS/f32.qs"); b=$(ppl awq.qs)
+    echo "f32 $a awq-folded $b" >&3
+    python3 -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(0 if abs(a - b) <= 1e-4 * a else 1)" "$a" "$b"
+    # the norms changed, so the identity is not trivial
+    grep -a -q 'input_scale' awq.qs
+}
+
+@test "AWQ 4-bit and 3-bit g32 beat RTN at the same settings on eval.txt" {
+    for b in 4 3; do
+        qawq --stats "$TS/cal.qs" --bits $b --group 32 < "$TS/bf16.qs" > awq$b.qs
+        qgptq --rtn --bits $b --group 32 < "$TS/bf16.qs" > rtn$b.qs
+        a=$(ppl awq$b.qs); r=$(ppl rtn$b.qs)
+        echo "int${b}g32: awq $a rtn $r" >&3
+        python3 -c "import sys; a, r = map(float, sys.argv[1:]); sys.exit(0 if a < r else 1)" "$a" "$r"
+    done
+}
+
+@test "qawq --bits writes int codes/scales/zeros with method awq that qpack dequantizes" {
+    qawq --stats "$TS/cal.qs" --bits 4 --group 64 < "$TS/bf16.qs" > q.qs
+    grep -a -q 'awq' q.qs
+    grep -a -q 'codes' q.qs
+    qpack --dtype f32 -o q.safetensors < q.qs
+    [ -s q.safetensors ]
+}
+
+@test "qawq output is byte-identical for --threads 1 and 2" {
+    qawq --stats "$TS/cal.qs" --bits 3 --group 32 --threads 1 < "$TS/bf16.qs" > t1.qs
+    qawq --stats "$TS/cal.qs" --bits 3 --group 32 --threads 2 < "$TS/bf16.qs" > t2.qs
+    cmp t1.qs t2.qs
+}
+
+@test "--stats-out divides x2_mean by s^2 where s is the norm weight's change" {
+    qawq --stats "$TS/cal.qs" --stats-out cal-awq.qs < "$TS/f32.qs" > awq.qs
+    qpack -o awq.safetensors < awq.qs
+    qpack -o cal.safetensors < "$TS/cal.qs"
+    qpack -o cal-awq.safetensors < cal-awq.qs
+    python3 - "$TS/f32/model.safetensors" <<'EOF'
+import json, struct, sys
+def load(p):
+    b = open(p, 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n]); out = {}
+    for k, v in h.get('__metadata__', {}).items():   # a stats file's shared inputs: "alias:<name>" = target
+        if k.startswith('alias:'): out[k[6:]] = v
+    for k, e in h.items():
+        if k == '__metadata__': continue
+        a, z = e['data_offsets']; raw = b[8 + n + a:8 + n + z]
+        out[k] = struct.unpack('<%df' % (len(raw) // 4), raw) if e['dtype'] == 'F32' else raw
+    return out
+orig, new, st, st2 = load(sys.argv[1]), load('awq.safetensors'), load('cal.safetensors'), load('cal-awq.safetensors')
+def get(d, k):
+    while isinstance(d[k], str): k = d[k]
+    return d[k]
+for l in range(4):
+    p = 'model.layers.%d.' % l
+    for norm, lin in (('input_layernorm', 'self_attn.k_proj'), ('post_attention_layernorm', 'mlp.up_proj')):
+        s = [a / b for a, b in zip(orig[p + norm + '.weight'], new[p + norm + '.weight'])]
+        x0, x1 = get(st, p + lin + '.weight.x2_mean'), get(st2, p + lin + '.weight.x2_mean')
+        for j in range(len(s)):
+            assert abs(x1[j] * s[j] ** 2 - x0[j]) <= 1e-4 * abs(x0[j]) + 1e-12, (p, norm, j)
+        assert any(abs(v - 1) > 1e-3 for v in s), 'no scaling in ' + p + norm
+    assert (p + 'self_attn.q_proj.weight.act_hist') not in st2 and (p + 'self_attn.q_proj.weight.act_hist') in st
+print('ok')
+EOF
+    # and qgptq accepts it for the scaled model
+    qgptq --stats cal-awq.qs --bits 4 --group 128 < awq.qs > g.qs
+    [ -s g.qs ]
+}
+
+@test "SmoothQuant folding keeps the model and records the activation scales" {
+    qawq --stats "$TS/cal.qs" --smooth 0.5 < "$TS/f32.qs" > sq.qs
+    grep -a -q 'act_scale' sq.qs
+    a=$(ppl "$TS/f32.qs"); b=$(ppl sq.qs)
+    echo "f32 $a smoothquant-folded $b" >&3
+    python3 -c "import sys; a, b = map(float, sys.argv[1:]); sys.exit(0 if abs(a - b) <= 1e-4 * a else 1)" "$a" "$b"
+}
+
+@test "qawq reports a truncated input stream and writes no end record" {
+    head -c 3000000 "$TS/f32.qs" > trunc.qs
+    run sh -c "qawq --stats '$TS/cal.qs' < trunc.qs > out.qs 2> err"
+    [ "$status" -ne 0 ] && [ "$status" -lt 128 ]
+    grep -q '^qawq: stdin' err
+    run sh -c "qeval out.qs --text '$DATA/text/eval.txt' 2> err2"
+    [ "$status" -ne 0 ] && [ "$status" -lt 128 ]
+}
