@@ -6,6 +6,10 @@
  * give the same logits, byte for byte), then the matmul kernel's GFLOP/s on
  * a (window x 2048) x (2048 x 2048) product.
  * Usage: qbench_llama [WINDOW=128] [LAYERS=8]
+ *        qbench_llama --stream [LAYERS=8] > model.qs
+ * The second form writes the same model (bf16, config.json carried, in HF
+ * order: embedding, layers, norm, head) as a qstream on stdout, for
+ * `qpack -o DIR/` to make a checkpoint of it (tests/bench/bench_memory_engine.sh).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -13,8 +17,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "dtype.h"
 #include "kernels.h"
 #include "llama.h"
+#include "qstream.h"
 
 enum { DIM = 2048, HID = 5632, NH = 32, NKV = 8, VOCAB = 4096 };
 
@@ -62,15 +68,80 @@ static int bench_get(void *ctx, const char *name, float **data, int64_t *shape, 
     return 1;
 }
 
-int main(int argc, char **argv)
+static void config_json(char *cfg, size_t n, int layers)
 {
-    int win = argc > 1 ? atoi(argv[1]) : 128, layers = argc > 2 ? atoi(argv[2]) : 8;
-    if (win < 1 || win > 2048 || layers < 1) { fprintf(stderr, "qbench_llama: bad arguments\n"); return 2; }
-    char cfg[512], *err = NULL;
-    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", \"hidden_size\": %d, \"intermediate_size\": %d,"
+    snprintf(cfg, n, "{\"model_type\": \"llama\", \"hidden_size\": %d, \"intermediate_size\": %d,"
              " \"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d,"
              " \"vocab_size\": %d, \"max_position_embeddings\": 4096, \"tie_word_embeddings\": false}",
              DIM, HID, layers, NH, NKV, VOCAB);
+}
+
+/* The model as a bf16 qstream on stdout. */
+static int write_stream(int layers)
+{
+    static const char *const per_layer[] = {
+        "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+    };
+    enum { NPL = sizeof per_layer / sizeof *per_layer };
+    int nt = 3 + layers * NPL;
+    char (*names)[96] = malloc((size_t)nt * sizeof *names);
+    snprintf(names[0], 96, "model.embed_tokens.weight");
+    for (int l = 0; l < layers; l++)
+        for (int i = 0; i < NPL; i++)
+            snprintf(names[1 + l * NPL + i], 96, "model.layers.%d.%s.weight", l, per_layer[i]);
+    snprintf(names[nt - 2], 96, "model.norm.weight");
+    snprintf(names[nt - 1], 96, "lm_head.weight");
+    char cfg[512], *err = NULL;
+    config_json(cfg, sizeof cfg, layers);
+    qs_header h;
+    qs_header_init(&h);
+    json_object_set_new(h.meta, "kind", json_string("model"));
+    qs_header_add_file(&h, "config.json", cfg, strlen(cfg));
+    qs_tensor *t = calloc((size_t)nt, sizeof *t);
+    for (int i = 0; i < nt; i++) {
+        int64_t shape[QS_MAX_DIMS];
+        int ndim;
+        float *d = NULL;
+        bench_get(&layers, names[i], &d, shape, &ndim, &err);   /* shapes only: data dropped */
+        free(d);
+        qs_tensor_init(&t[i], names[i], DT_BF16, ndim, shape);
+        qs_header_manifest_add(&h, &t[i]);
+    }
+    qs_writer *w = qs_writer_open_fd(1, &h, 0, &err);
+    int rc = w ? 0 : -1;
+    for (int i = 0; rc == 0 && i < nt; i++) {
+        int64_t shape[QS_MAX_DIMS], n;
+        int ndim;
+        float *d = NULL;
+        bench_get(&layers, names[i], &d, shape, &ndim, &err);
+        n = qs_numel(ndim, shape);
+        uint16_t *b = malloc((size_t)n * sizeof *b);
+        dtype_from_f32(DT_BF16, d, b, (size_t)n);
+        rc = qs_writer_put(w, &t[i], b);
+        free(b);
+        free(d);
+    }
+    if (w && qs_writer_close(w, &err) < 0)
+        rc = -1;
+    if (rc < 0)
+        fprintf(stderr, "qbench_llama: %s\n", err ? err : "write error");
+    for (int i = 0; i < nt; i++)
+        qs_tensor_clear(&t[i]);
+    free(t);
+    free(names);
+    qs_header_clear(&h);
+    return rc < 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--stream"))
+        return write_stream(argc > 2 ? atoi(argv[2]) : 8);
+    int win = argc > 1 ? atoi(argv[1]) : 128, layers = argc > 2 ? atoi(argv[2]) : 8;
+    if (win < 1 || win > 2048 || layers < 1) { fprintf(stderr, "qbench_llama: bad arguments\n"); return 2; }
+    char cfg[512], *err = NULL;
+    config_json(cfg, sizeof cfg, layers);
     double t0 = now();
     llama_model *m = llama_load(cfg, strlen(cfg), bench_get, &layers, &err);
     if (!m) { fprintf(stderr, "qbench_llama: %s\n", err); return 1; }
