@@ -221,3 +221,10 @@ open('x.tar', 'wb').write(bytes(b))
 EOF
     refused "qcat x.tar | qpack -o out.safetensors"
 }
+
+@test "stats: a model stream given as --stats is refused by name (not read after free)" {
+    qcat "$DATA/stories260k/model.safetensors" > model.qs
+    refused "qgptq --stats model.qs < model.qs"
+    [[ "$ERR" == *"not a stats stream (kind 'model')"* ]]
+    refused "qgptq --stats '$DATA/stories260k/model.safetensors' < model.qs"
+}

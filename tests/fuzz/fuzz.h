@@ -35,6 +35,14 @@ volatile unsigned fz_sink;
 #define FZ_READ_CAP  (64u << 20)   /* bytes drained per tensor at most */
 #define FZ_CHUNK     (256u << 10)  /* read size while draining */
 
+/* The bits of a float, to fold into fz_sink without a UB conversion. */
+static inline unsigned fz_fbits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
 static inline void fz_write_all(int fd, const void *data, size_t size)
 {
     const uint8_t *p = data;

@@ -15,7 +15,7 @@ static void lookups(const stats *st, const char *weight)
     for (size_t i = 0; i < sizeof what / sizeof *what; i++) {
         size_t n = 0;
         const float *v = stats_get(st, weight, what[i], &n);
-        if (v && n) fz_sink += (unsigned)v[n - 1];
+        if (v && n) fz_sink += fz_fbits(v[n - 1]);
     }
     fz_sink += (unsigned)stats_tokens(st, weight);
 }
@@ -37,9 +37,22 @@ static void try_stats(const uint8_t *data, size_t size)
     close(fd);
 }
 
+/* Finding 3 (README.md): stats.c formats its "not a stats stream (kind
+ * '%s')" message after freeing the header that holds the kind string. Until
+ * that is fixed, campaigns run with FUZZ_SKIP_KNOWN=1 skip streams that do
+ * not say kind "stats" (so the fuzzer can look elsewhere); the replay never
+ * sets it, so regress/stats/uaf-kind-message.qs keeps reproducing it. */
+static int skip_known(const uint8_t *data, size_t size)
+{
+    static int skip = -1;
+    if (skip < 0) skip = getenv("FUZZ_SKIP_KNOWN") != NULL;
+    return skip && size >= 8 && memcmp(data, "\xa7qstream", 8) == 0 &&
+           !memmem(data, size, "\xa4kind\xa5stats", 11);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (qs_skip_known(data, size)) return 0;
+    if (skip_known(data, size)) return 0;
     try_stats(data, size);
     uint8_t *fixed = malloc(size ? size : 1);
     memcpy(fixed, data, size);

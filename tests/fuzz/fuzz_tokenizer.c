@@ -40,7 +40,7 @@ static void use(const tokenizer *tk)
     for (size_t id = 0; id < vs && id < 4096; id++) {
         const char *p = tokenizer_piece(tk, (uint32_t)id);
         if (p) fz_sink += (unsigned)strlen(p);
-        fz_sink += (unsigned)tokenizer_score(tk, (uint32_t)id) + (unsigned)tokenizer_type(tk, (uint32_t)id);
+        fz_sink += fz_fbits(tokenizer_score(tk, (uint32_t)id)) + (unsigned)tokenizer_type(tk, (uint32_t)id);
     }
     uint32_t probe[3] = { 0, (uint32_t)vs, UINT32_MAX };
     free(tokenizer_decode(tk, probe, 3, 0));            /* out of range: NULL, no crash */

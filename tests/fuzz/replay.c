@@ -69,7 +69,7 @@ static int run_dir(const char *dir)
         names[n++] = strdup(e->d_name);
     }
     closedir(d);
-    qsort(names, (size_t)n, sizeof *names, by_name);
+    if (n > 1) qsort(names, (size_t)n, sizeof *names, by_name);
     int count = 0, bad = 0;
     for (int i = 0; i < n; i++) {
         char p[4096];
