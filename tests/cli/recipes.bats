@@ -16,8 +16,11 @@ setup() {
     cd "$T" || return 1
     # a short evaluation: 512 tokens, 4 windows of 128
     head -c 2048 "$DATA/text/eval.tokens.u32" > ev.u32
+    # the recipes use a copy of the tools: a tool relinked meanwhile in bin/ would
+    # (rightly) make them rebuild
+    mkdir bin; cp "$ROOT"/bin/{qcat,qcal,qgptq,qpack,qeval,qprune,qawq,qmix} bin/
     knobs=(MODEL="$DATA/ts3m-bf16" TEXT="$DATA/text/calib.txt" EVAL=ev.u32
-           "CAL_OPTS=--samples 8 --seqlen 128" "EVAL_OPTS=--ctx 128" THREADS=2)
+           "CAL_OPTS=--samples 8 --seqlen 128" "EVAL_OPTS=--ctx 128" THREADS=2 QPIPE_BIN="$T/bin")
 }
 
 # recipe NAME [VAR=value...]: run pipelines/NAME.mk quietly with the test knobs
@@ -68,8 +71,8 @@ p = json.load(open("prov.json"))
 assert [e["prog"] for e in p] == ["qcat", "qpack"], p
 assert p[1]["args"] == ["--gguf", "q4_0", "-o", "out/model.gguf"], p
 PY
-    grep -q "^qpack (qpipe) [0-9.]*  $ROOT/bin/qpack$" out/provenance.txt
-    grep -q "^model.gguf: $ROOT/bin/qcat $DATA/ts3m-bf16 | $ROOT/bin/qpack --gguf q4_0 -o out/model.gguf$" out/provenance.txt
+    grep -q "^qpack (qpipe) [0-9.]*  $T/bin/qpack$" out/provenance.txt
+    grep -q "^model.gguf: $T/bin/qcat $DATA/ts3m-bf16 | $T/bin/qpack --gguf q4_0 -o out/model.gguf$" out/provenance.txt
     grep -q '^qpack 0.1.0: --gguf q4_0 -o out/model.gguf$' out/provenance.txt
 }
 
@@ -92,8 +95,7 @@ PY
 @test "gptq-gguf: touching an input re-runs exactly the steps that depend on it" {
     cp -a "$DATA/ts3m-bf16" m
     cp "$DATA/text/calib.txt" calib.txt
-    mkdir bin; cp "$ROOT"/bin/{qcat,qcal,qgptq,qpack,qeval} bin/
-    knobs+=(MODEL=m TEXT=calib.txt QPIPE_BIN="$T/bin")
+    knobs+=(MODEL=m TEXT=calib.txt)
     recipe gptq-gguf OUT=out > /dev/null
     all="cal.qs eval-model.txt eval-output.txt model.gguf provenance.txt report.txt"
     mark; touch calib.txt; recipe gptq-gguf OUT=out > /dev/null
@@ -141,9 +143,9 @@ PY
 @test "make -n prints the plan and writes nothing; MODEL unset is a clear error" {
     run make -n -f "$R/gptq-gguf.mk" "${knobs[@]}" OUT=out
     [ "$status" -eq 0 ]
-    [[ "$output" == *"$ROOT/bin/qcal $DATA/ts3m-bf16 --text $DATA/text/calib.txt --samples 8 --seqlen 128 --threads 2 -o out/cal.qs"* ]]
-    [[ "$output" == *"$ROOT/bin/qcat $DATA/ts3m-bf16 | $ROOT/bin/qgptq --grid q4_0"*"--stats out/cal.qs --threads 2 | $ROOT/bin/qpack --gguf q4_0"*"-o out/model.gguf"* ]]
-    [[ "$output" == *"$ROOT/bin/qeval out/model.gguf --tokens ev.u32 --ctx 128 --threads 2"* ]]
+    [[ "$output" == *"$T/bin/qcal $DATA/ts3m-bf16 --text $DATA/text/calib.txt --samples 8 --seqlen 128 --threads 2 -o out/cal.qs"* ]]
+    [[ "$output" == *"$T/bin/qcat $DATA/ts3m-bf16 | $T/bin/qgptq --grid q4_0"*"--stats out/cal.qs --threads 2 | $T/bin/qpack --gguf q4_0"*"-o out/model.gguf"* ]]
+    [[ "$output" == *"$T/bin/qeval out/model.gguf --tokens ev.u32 --ctx 128 --threads 2"* ]]
     [ ! -e out ]
     run make -s -f "$R/rtn-gguf.mk" OUT=out
     [ "$status" -ne 0 ]

@@ -130,8 +130,9 @@ PY
 
 @test "pipelines/sharded.mk with make -j2: the merge equals gptq-gguf.mk's single run; a re-run does nothing" {
     head -c 2048 "$DATA/text/eval.tokens.u32" > ev.u32
+    mkdir bin; cp "$ROOT"/bin/{qcat,qcal,qgptq,qpack,qeval} bin/     # stable while bin/ is relinked
     knobs=(MODEL="$M" TEXT="$DATA/text/calib.txt" EVAL=ev.u32 "CAL_OPTS=--samples 8 --seqlen 128"
-           "EVAL_OPTS=--ctx 128" THREADS=1)
+           "EVAL_OPTS=--ctx 128" THREADS=1 QPIPE_BIN="$T/bin")
     make -s -j2 -f "$ROOT/pipelines/sharded.mk" "${knobs[@]}" OUT=sh SHARDS=3 > /dev/null
     make -s -f "$ROOT/pipelines/gptq-gguf.mk" "${knobs[@]}" OUT=one > /dev/null
     [ "$(ls sh/parts)" = "$(printf 'part-%s-of-3.qs\n' 1 2 3)" ]
