@@ -4,9 +4,12 @@
 # (calibration stats, eval of the model and of the output, report.txt,
 # provenance.txt, the phony targets). See pipelines/README.md.
 #
-# Including it defines variables, functions and nothing else (no rule, no
-# goal, no command run except read-only `command -v qcat` when QPIPE_BIN is
-# unset); including it twice is harmless. Internal names start with qpipe_.
+# Including it defines variables and functions and nothing else (no rule, no
+# goal; the only commands run while make reads it are read-only: `command -v
+# qcat` when QPIPE_BIN is unset, `cksum` of each step's command); including it
+# twice is harmless. Internal names start with qpipe_. The recipes' rules run
+# their commands with bash -o pipefail (target-specific and private, so a
+# user's own targets keep their shell).
 #
 # A recipe file looks like this (PREFIX_ = its knob prefix, prefix_ = its
 # internal prefix; see gptq-gguf.mk for a commented one):
@@ -142,14 +145,13 @@ $(2)cal         := $(if $(4),$$($(2)o)/cal.qs)
 $(2)need_text   := $(4)
 $(2)need         = $$(call qpipe_need,$$($(2)model),$(3).mk: set MODEL=path (a checkpoint: directory or file))$$(if $$($(2)need_text),$$(call qpipe_need,$$($(2)text),$(3).mk: set TEXT=calib.txt (calibration text or token ids .u32)))
 $(2)cmd_cal      = $$(qpipe_qcal) $$($(2)model) $$(call qpipe_in,$$($(2)text)) $$($(1)CAL_OPTS) $$($(2)t) -o $$($(2)cal)
-$(2)steps       := $(if $(4),$$($(2)o)/cal.qs)
 ifneq ($(4),)
 $$($(2)cal): $$($(2)model_files) $$($(2)text) $$(qpipe_qcal) $$(call qpipe_stamp,$(2),cal,$(2)cmd_cal)
 	$$($(2)need)@mkdir -p $$(@D)
 	$$($(2)cmd_cal)
 $$(eval $$(call qpipe_stamp_rule,$$(call qpipe_stamp,$(2),cal,$(2)cmd_cal),cal,$(2)cmd_cal,$(2)))
-$$($(2)cal): SHELL := /bin/bash
-$$($(2)cal): .SHELLFLAGS := -o pipefail -c
+$$($(2)cal): private SHELL := /bin/bash
+$$($(2)cal): private .SHELLFLAGS := -o pipefail -c
 endif
 endef
 
@@ -203,7 +205,7 @@ $$($(2)report): $$($(2)done) $$($(2)ev_base) $$($(2)ev_out)
 
 # provenance.txt: tool versions, every step's command (as make runs it), and
 # the provenance embedded in the output by qpack.
-$$($(2)prov): export QPIPE_PROV_PY = $$(qpipe_prov_py)
+$$($(2)prov): private export QPIPE_PROV_PY = $$(qpipe_prov_py)
 $$($(2)prov): $$($(2)done) $$($(2)ev_base) $$($(2)ev_out)
 	@{ echo "# qpipe provenance: $(3) (pipelines/$(3).mk)"; \
 	  echo "## tools"; \
@@ -216,8 +218,8 @@ $$($(2)prov): $$($(2)done) $$($(2)ev_base) $$($(2)ev_out)
 	  python3 -c "$$$$QPIPE_PROV_PY" $$($(2)output) || echo "(the embedded provenance could not be read: needs python3)"; \
 	} > $$@.tmp && mv $$@.tmp $$@
 
-$$($(2)done) $$($(2)ev_base) $$($(2)ev_out) $$($(2)report) $$($(2)prov): SHELL := /bin/bash
-$$($(2)done) $$($(2)ev_base) $$($(2)ev_out) $$($(2)report) $$($(2)prov): .SHELLFLAGS := -o pipefail -c
+$$($(2)done) $$($(2)ev_base) $$($(2)ev_out) $$($(2)report) $$($(2)prov): private SHELL := /bin/bash
+$$($(2)done) $$($(2)ev_base) $$($(2)ev_out) $$($(2)report) $$($(2)prov): private .SHELLFLAGS := -o pipefail -c
 
 .PHONY: $(3) $(3)-clean
 $(3): $$($(2)report) $$($(2)prov)

@@ -79,7 +79,7 @@ $(qmix_gguf_done): $(qmix_gguf_model_files) $(qmix_gguf_cal) $(qmix_gguf_types) 
                    $(call qpipe_stamp,qmix_gguf_,model,qmix_gguf_cmd_model)
 	$(qmix_gguf_need)$(qmix_gguf_cmd_model)
 
-$(qmix_gguf_alloc) $(qmix_gguf_types): SHELL := /bin/bash
-$(qmix_gguf_alloc) $(qmix_gguf_types): .SHELLFLAGS := -o pipefail -c
+$(qmix_gguf_alloc) $(qmix_gguf_types): private SHELL := /bin/bash
+$(qmix_gguf_alloc) $(qmix_gguf_types): private .SHELLFLAGS := -o pipefail -c
 $(eval $(call qpipe_stamp_rule,$(call qpipe_stamp,qmix_gguf_,alloc,qmix_gguf_cmd_alloc),alloc,qmix_gguf_cmd_alloc,qmix_gguf_))
 $(eval $(call qpipe_end,QMIX_GGUF_,qmix_gguf_,qmix-gguf))

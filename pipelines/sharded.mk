@@ -69,6 +69,6 @@ $(sharded_done): $(sharded_parts) $(qpipe_qpack) $(call qpipe_stamp,sharded_,mod
 	$(sharded_cmd_model)
 	$(if $(sharded_dir_out),touch $@)
 
-$(sharded_parts): SHELL := /bin/bash
-$(sharded_parts): .SHELLFLAGS := -o pipefail -c
+$(sharded_parts): private SHELL := /bin/bash
+$(sharded_parts): private .SHELLFLAGS := -o pipefail -c
 $(eval $(call qpipe_end,SHARDED_,sharded_,sharded))
