@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "awq.h"
+#include "dtype.h"
 #include "gptq.h"
 
 static int fail(char **errp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -63,6 +64,12 @@ static int parse_entry(const char *s, size_t len, mix_setting **menu, int *n, ch
     }
     const char *c1 = memchr(s, ':', len), *c2 = c1 ? memchr(c1 + 1, ':', len - (size_t)(c1 + 1 - s)) : NULL;
     if (!c1 || !c2) return fail(errp, "menu: '%.*s' is not GRID:BITS:GROUPS", (int)len, s);
+    const char *c3 = memchr(c2 + 1, ':', len - (size_t)(c2 + 1 - s));
+    long outl[16] = { 0 };
+    int no = 1;
+    if (c3 && (no = parse_list(c3 + 1, len - (size_t)(c3 + 1 - s), 0, 1 << 20, outl, 16)) <= 0)
+        return fail(errp, "menu: bad outlier list in '%.*s'", (int)len, s);
+    const size_t glen = c3 ? (size_t)(c3 - c2 - 1) : len - (size_t)(c2 + 1 - s);
     const size_t gl = (size_t)(c1 - s);
     if (gl == 3 && !strncmp(s, "int", 3)) st.grid.scheme = QUANT_INT;
     else if (gl == 3 && !strncmp(s, "sym", 3)) { st.grid.scheme = QUANT_INT; st.grid.sym = 1; }
@@ -70,17 +77,19 @@ static int parse_entry(const char *s, size_t len, mix_setting **menu, int *n, ch
     else return fail(errp, "menu: unknown grid '%.*s' (int, sym, nf4 or f16)", (int)gl, s);
     long bits[16], groups[16];
     int nb = parse_list(c1 + 1, (size_t)(c2 - c1 - 1), 2, 8, bits, 16);
-    int ng = parse_list(c2 + 1, len - (size_t)(c2 + 1 - s), -1, 1 << 24, groups, 16);
+    int ng = parse_list(c2 + 1, glen, -1, 1 << 24, groups, 16);
     if (nb <= 0) return fail(errp, "menu: bad bits list in '%.*s' (2..8)", (int)len, s);
     if (ng <= 0) return fail(errp, "menu: bad group list in '%.*s'", (int)len, s);
     for (int b = 0; b < nb; b++)
-        for (int g = 0; g < ng; g++) {
-            if (groups[g] == 0) return fail(errp, "menu: group 0 in '%.*s' (-1 = whole rows)", (int)len, s);
-            if (st.grid.scheme == QUANT_NF4 && bits[b] != 4) return fail(errp, "menu: nf4 has 4 bits");
-            st.grid.bits = (int)bits[b];
-            st.grid.group = (int)groups[g];
-            if (menu_add(menu, n, &st, errp)) return -1;
-        }
+        for (int g = 0; g < ng; g++)
+            for (int o = 0; o < no; o++) {
+                if (groups[g] == 0) return fail(errp, "menu: group 0 in '%.*s' (-1 = whole rows)", (int)len, s);
+                if (st.grid.scheme == QUANT_NF4 && bits[b] != 4) return fail(errp, "menu: nf4 has 4 bits");
+                st.grid.bits = (int)bits[b];
+                st.grid.group = (int)groups[g];
+                st.outliers = (int)outl[o];
+                if (menu_add(menu, n, &st, errp)) return -1;
+            }
     return 0;
 }
 
@@ -103,8 +112,10 @@ void mix_setting_name(const mix_setting *s, char *buf, size_t len)
 {
     if (s->keep_f16) { snprintf(buf, len, "f16"); return; }
     const char *g = s->grid.scheme == QUANT_NF4 ? "nf" : s->grid.sym ? "sym" : "int";
-    if (s->grid.group < 0) snprintf(buf, len, "%s%drow", g, s->grid.bits);
-    else snprintf(buf, len, "%s%dg%d", g, s->grid.bits, s->grid.group);
+    char o[24] = "";
+    if (s->outliers) snprintf(o, sizeof o, "+o%d", s->outliers);
+    if (s->grid.group < 0) snprintf(buf, len, "%s%drow%s", g, s->grid.bits, o);
+    else snprintf(buf, len, "%s%dg%d%s", g, s->grid.bits, s->grid.group, o);
 }
 
 uint64_t mix_setting_bits(const mix_setting *s, int64_t rows, int64_t cols)
@@ -113,7 +124,8 @@ uint64_t mix_setting_bits(const mix_setting *s, int64_t rows, int64_t cols)
     if (s->keep_f16) return 16 * n;
     const uint64_t ng = (uint64_t)quant_ngroups(&s->grid, cols);
     const uint64_t per_group = s->grid.scheme == QUANT_INT && !s->grid.sym ? 32 : 16;  // f16 scale (+ f16 zero)
-    return n * (uint64_t)s->grid.bits + (uint64_t)rows * ng * per_group;
+    const uint64_t k = (uint64_t)s->outliers;
+    return n * (uint64_t)s->grid.bits + (uint64_t)rows * ng * per_group + (uint64_t)rows * k * 16 + k * 32;
 }
 
 int mix_setting_fits(const mix_setting *s, int64_t cols)
@@ -121,48 +133,97 @@ int mix_setting_fits(const mix_setting *s, int64_t cols)
     char *err = NULL;
     if (s->keep_f16) return 1;
     if (quant_grid_check(&s->grid, cols, &err)) { free(err); return 0; }
-    return 1;
+    return s->outliers < cols;
 }
 
 /*-*** Sensitivity ***/
+
+void mix_outlier_columns(const float *w, int64_t rows, int64_t cols, const float *h, int k, int32_t *idx)
+{
+    // score_j = H_jj Σ_r W_rj²; keep the k largest (selection by repeated max: k is small)
+    double *score = malloc((size_t)cols * sizeof *score);
+    if (!score) { for (int i = 0; i < k; i++) idx[i] = i; return; }
+    for (int64_t j = 0; j < cols; j++) score[j] = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++) score[j] += (double)w[r * cols + j] * w[r * cols + j];
+    for (int64_t j = 0; j < cols; j++) score[j] *= (double)h[j * cols + j];
+    for (int i = 0; i < k; i++) {
+        int64_t best = -1;
+        for (int64_t j = 0; j < cols; j++)
+            if (score[j] >= 0 && (best < 0 || score[j] > score[best])) best = j;
+        idx[i] = (int32_t)best;
+        score[best] = -1;
+    }
+    free(score);
+    // ascending column order
+    for (int i = 1; i < k; i++)
+        for (int j = i; j > 0 && idx[j - 1] > idx[j]; j--) { int32_t t = idx[j]; idx[j] = idx[j - 1]; idx[j - 1] = t; }
+}
+
+int mix_dequantized(const mix_setting *s, const float *w, int64_t rows, int64_t cols, const float *h,
+                    int use_gptq, int threads, float *q, char **errp)
+{
+    const size_t sz = (size_t)(rows * cols);
+    const int k = s->outliers;
+    int32_t *idx = k ? malloc((size_t)k * sizeof *idx) : NULL;
+    float *wz = k ? malloc(sz * sizeof *wz) : NULL;
+    int rc = -1;
+    if (k && (!idx || !wz)) { fail(errp, "out of memory"); goto out; }
+    const float *src = w;
+    if (k) {   // outlier columns out of the grid's ranges
+        mix_outlier_columns(w, rows, cols, h, k, idx);
+        memcpy(wz, w, sz * sizeof *wz);
+        for (int64_t r = 0; r < rows; r++)
+            for (int i = 0; i < k; i++) wz[r * cols + idx[i]] = 0.0f;
+        src = wz;
+    }
+    if (use_gptq && s->grid.scheme == QUANT_INT) {
+        gptq_opts o;
+        gptq_result res;
+        gptq_opts_default(&o);
+        o.grid = s->grid;
+        o.threads = threads;
+        if (gptq_quantize(src, rows, cols, h, &o, &res, errp)) goto out;
+        memcpy(q, res.q, sz * sizeof *q);
+        gptq_result_free(&res);
+    } else {
+        const int64_t ng = quant_ngroups(&s->grid, cols);
+        uint8_t *codes = malloc(sz);
+        float *sc = malloc((size_t)(rows * ng) * sizeof *sc), *zr = malloc((size_t)(rows * ng) * sizeof *zr);
+        int r = !codes || !sc || !zr ? -2 : quant_rtn(&s->grid, NULL, src, rows, cols, codes, sc, zr, q, threads, errp);
+        free(codes); free(sc); free(zr);
+        if (r == -2) fail(errp, "out of memory");
+        if (r) goto out;
+    }
+    for (int64_t r = 0; r < rows; r++)   // the kept columns, as f16
+        for (int i = 0; i < k; i++) q[r * cols + idx[i]] = f16_to_f32(f32_to_f16(w[r * cols + idx[i]]));
+    rc = 0;
+out:
+    free(idx);
+    free(wz);
+    return rc;
+}
 
 int mix_tensor_losses(const float *w, int64_t rows, int64_t cols, const float *h,
                       const mix_setting *menu, int n, int use_gptq, int threads,
                       double *loss, char **errp)
 {
-    const size_t sz = (size_t)(rows * cols);
-    float *deq = malloc(sz * sizeof *deq);
-    uint8_t *codes = malloc(sz);
-    if (!deq || !codes) { free(deq); free(codes); return fail(errp, "out of memory"); }
+    float *deq = malloc((size_t)(rows * cols) * sizeof *deq);
+    if (!deq) return fail(errp, "out of memory");
     int rc = -1;
     for (int k = 0; k < n; k++) {
         const mix_setting *s = &menu[k];
         if (s->keep_f16) { loss[k] = 0; continue; }
         if (!mix_setting_fits(s, cols)) { loss[k] = INFINITY; continue; }
-        if (use_gptq && s->grid.scheme == QUANT_INT) {
-            gptq_opts o;
-            gptq_result res;
-            gptq_opts_default(&o);
-            o.grid = s->grid;
-            o.threads = threads;
-            if (gptq_quantize(w, rows, cols, h, &o, &res, errp)) goto out;
-            loss[k] = awq_output_error(w, res.q, rows, cols, h, threads);
-            gptq_result_free(&res);
-        } else {
-            const int64_t ng = quant_ngroups(&s->grid, cols);
-            float *sc = malloc((size_t)(rows * ng) * sizeof *sc), *zr = malloc((size_t)(rows * ng) * sizeof *zr);
-            int r = !sc || !zr ? -1 : quant_rtn(&s->grid, NULL, w, rows, cols, codes, sc, zr, deq, threads, errp);
-            free(sc);
-            free(zr);
-            if (r) { if (!sc || !zr) fail(errp, "out of memory"); goto out; }
-            loss[k] = awq_output_error(w, deq, rows, cols, h, threads);
-        }
+        // GPTQ would have to keep the outlier columns inside its column loop: not offered
+        if (use_gptq && s->outliers && s->grid.scheme == QUANT_INT) { loss[k] = INFINITY; continue; }
+        if (mix_dequantized(s, w, rows, cols, h, use_gptq, threads, deq, errp)) goto out;
+        loss[k] = awq_output_error(w, deq, rows, cols, h, threads);
         if (isnan(loss[k])) { fail(errp, "out of memory"); goto out; }
     }
     rc = 0;
 out:
     free(deq);
-    free(codes);
     return rc;
 }
 

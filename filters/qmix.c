@@ -9,6 +9,12 @@
  * {"grid","bits","group","sym","loss"} on each selected tensor, for qgptq to
  * honour, or (--apply) already quantized with those settings.
  *
+ * Outlier settings (menu "GRID:BITS:GROUPS:K", K f16 input columns beside
+ * the grid, LLM.int8()-style; common/mix.h) are counted in the budget; the
+ * stream has no layout for grid + f16 columns yet, so --apply writes those
+ * tensors as the f32 values such a decoder would produce (attrs.qmix
+ * "fake_quant": true, "outlier_cols": [...]) — enough to measure them.
+ *
  * The allocation needs every tensor's losses before the first tensor can be
  * written (the header's manifest comes first), so the input is spooled to an
  * unlinked temporary file (the stream as read; disk, not memory) and
@@ -344,24 +350,9 @@ static float *dequantized(const state *S, const mix_setting *s, const float *w, 
     char *err = NULL;
     float *q = malloc((size_t)(rows * cols) * sizeof *q);
     if (!q) die("out of memory");
-    if (S->c->gptq && s->grid.scheme == QUANT_INT) {
-        gptq_opts o;
-        gptq_result res;
-        gptq_opts_default(&o);
-        o.grid = s->grid;
-        o.threads = S->c->threads;
-        if (gptq_quantize(w, rows, cols, stats_get(S->st, name, "hessian", &(size_t){ 0 }), &o, &res, &err))
-            die("'%s': %s", name, err);
-        memcpy(q, res.q, (size_t)(rows * cols) * sizeof *q);
-        gptq_result_free(&res);
-        return q;
-    }
-    const int64_t ng = quant_ngroups(&s->grid, cols);
-    uint8_t *codes = malloc((size_t)(rows * cols));
-    float *sc = malloc((size_t)(rows * ng) * sizeof *sc), *zr = malloc((size_t)(rows * ng) * sizeof *zr);
-    if (!codes || !sc || !zr) die("out of memory");
-    if (quant_rtn(&s->grid, NULL, w, rows, cols, codes, sc, zr, q, S->c->threads, &err)) die("'%s': %s", name, err);
-    free(codes); free(sc); free(zr);
+    if (mix_dequantized(s, w, rows, cols, stats_get(S->st, name, "hessian", &(size_t){ 0 }), S->c->gptq,
+                        S->c->threads, q, &err))
+        die("'%s': %s", name, err);
     return q;
 }
 
@@ -476,8 +467,10 @@ static void allocate(state *S, FILE *rep)
 static json_t *qmix_attr(const mix_setting *s, double loss)
 {
     if (s->keep_f16) return json_pack("{s:s, s:i, s:f}", "grid", "f16", "bits", 16, "loss", loss);
-    return json_pack("{s:s, s:i, s:i, s:b, s:f}", "grid", s->grid.scheme == QUANT_NF4 ? "nf4" : "int",
-                     "bits", s->grid.bits, "group", s->grid.group, "sym", s->grid.sym, "loss", isfinite(loss) ? loss : -1.0);
+    json_t *a = json_pack("{s:s, s:i, s:i, s:b, s:f}", "grid", s->grid.scheme == QUANT_NF4 ? "nf4" : "int",
+                          "bits", s->grid.bits, "group", s->grid.group, "sym", s->grid.sym, "loss", isfinite(loss) ? loss : -1.0);
+    if (s->outliers) json_object_set_new(a, "outliers", json_integer(s->outliers));
+    return a;
 }
 
 /* Header of a selected tensor as written: annotated, and quantized with --apply. */
@@ -488,6 +481,13 @@ static void output_header(const state *S, const qs_tensor *in, const mtensor *m,
     if (!q->attrs) q->attrs = json_object();
     json_object_set_new(q->attrs, "qmix", qmix_attr(s, m->loss[m->choice]));
     if (!S->c->apply || s->keep_f16) return;
+    if (s->outliers) {   // no stream layout for grid + f16 columns yet: the dequantized values, in f32
+        q->dtype = DT_F32;
+        q->parts[0].dtype = DT_F32;
+        q->parts[0].nbytes = (uint64_t)(m->rows * m->cols) * 4;
+        json_object_set_new(json_object_get(q->attrs, "qmix"), "fake_quant", json_true());
+        return;
+    }
     quant_grid g = s->grid;
     snprintf(g.method, sizeof g.method, "%s", S->c->gptq && g.scheme == QUANT_INT ? "gptq" : "rtn");
     const int64_t shape[2] = { m->rows, m->cols }, ss[2] = { m->rows, quant_ngroups(&g, m->cols) };
@@ -577,6 +577,26 @@ static void write_quantized(const state *S, qs_reader *r, qs_writer *w, const qs
     free(wf);
 }
 
+/* An outlier setting: Ŵ (grid values, f16 outlier columns) as f32, with the
+ * chosen columns in attrs.qmix.outlier_cols. */
+static void write_fake_quant(const state *S, qs_reader *r, qs_writer *w, const qs_tensor *t,
+                             const mtensor *m, qs_tensor *q)
+{
+    const mix_setting *s = &S->menu[m->choice];
+    const float *h = stats_get(S->st, t->name, "hessian", &(size_t){ 0 });
+    float *wf = read_f32(r, t, NULL), *deq = dequantized(S, s, wf, t->name, m->rows, m->cols);
+    int32_t *idx = malloc((size_t)s->outliers * sizeof *idx);
+    if (!idx) die("out of memory");
+    mix_outlier_columns(wf, m->rows, m->cols, h, s->outliers, idx);
+    json_t *cols = json_array();
+    for (int i = 0; i < s->outliers; i++) json_array_append_new(cols, json_integer(idx[i]));
+    json_object_set_new(json_object_get(q->attrs, "qmix"), "outlier_cols", cols);
+    if (qs_writer_put(w, q, deq) < 0) writer_die(w);
+    free(idx);
+    free(deq);
+    free(wf);
+}
+
 /* Pass 2: replay the spool with annotations (or quantized). */
 static void replay(const state *S, qs_reader *r, qs_writer *w)
 {
@@ -588,7 +608,8 @@ static void replay(const state *S, qs_reader *r, qs_writer *w)
             const mtensor *m = &S->t[k++];
             qs_tensor q;
             output_header(S, t, m, &q);
-            if (q.nparts > 1 || q.dtype != t->dtype) write_quantized(S, r, w, t, m, &q);
+            if (S->menu[m->choice].outliers && S->c->apply) write_fake_quant(S, r, w, t, m, &q);
+            else if (q.nparts > 1 || q.dtype != t->dtype) write_quantized(S, r, w, t, m, &q);
             else if (qs_copy_tensor(r, w, &q) < 0) writer_die(w);
             qs_tensor_clear(&q);
         } else if (qs_copy_tensor(r, w, NULL) < 0) {

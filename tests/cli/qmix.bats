@@ -94,3 +94,24 @@ assert b == (4000000 - (2 * 524288 + 9 * 512)) * 8, b"
     qmix --stats "$TS/cal.qs" --avg-bits 4 --apply -q --threads 2 < "$TS/bf16.qs" > t2.qs
     cmp t1.qs t2.qs
 }
+
+@test "qmix outlier settings keep f16 columns: --apply writes the dequantized values with their columns" {
+    qmix --stats "$TS/cal.qs" --avg-bits 5 --menu 'int:3:128:16' --apply -q \
+        --include '*.layers.0.mlp.down_proj.weight' < "$TS/bf16.qs" > o.qs
+    grep -a -q 'outlier_cols' o.qs
+    grep -a -q 'fake_quant' o.qs
+    qpack -o o.safetensors < o.qs
+    qpack -o b.safetensors < "$TS/bf16.qs"
+    python3 - <<'EOF2'
+import json, struct
+def load(p):
+    b = open(p, 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n])
+    e = h['model.layers.0.mlp.down_proj.weight']; a, z = e['data_offsets']; raw = b[8 + n + a:8 + n + z]
+    if e['dtype'] == 'F32': return e['shape'], struct.unpack('<%df' % (len(raw) // 4), raw)
+    return e['shape'], [struct.unpack('<f', b'\0\0' + raw[i:i + 2])[0] for i in range(0, len(raw), 2)]
+(r, c), q = load('o.safetensors'); _, w = load('b.safetensors')
+exact = [j for j in range(c) if all(q[i * c + j] == w[i * c + j] for i in range(r))]
+assert len(exact) >= 16, len(exact)   # bf16 values are f16-exact here: 16 columns kept as they were
+assert len(exact) < 40, len(exact)
+EOF2
+}

@@ -1,8 +1,8 @@
 /* test_mix — mixed-precision allocation (common/mix.h): the knapsack solver
  * against brute-force enumeration on random small instances (exact mode and
  * the rounded-unit fallback), the Lagrangian bound, storage costs written
- * out by hand, menu parsing, and sensitivities against gptq_proxy_loss of
- * an independent RTN call. */
+ * out by hand, menu parsing, sensitivities against gptq_proxy_loss of an
+ * independent RTN call, and the outlier-column (LLM.int8()-style) settings. */
 #include "testlib.h"
 
 #include <string.h>
@@ -190,6 +190,45 @@ TEST(losses_match_independent_rtn)
     free(m); free(w); free(h);
 }
 
+TEST(outlier_columns)
+{
+    enum { R = 16, C = 64 };
+    float *w = malloc(sizeof(float) * R * C), *h = calloc((size_t)C * C, sizeof(float)), x[C];
+    for (int i = 0; i < R * C; i++) w[i] = (float)(urand() - 0.5);
+    for (int r = 0; r < R; r++) w[r * C + 40] *= 30;          // a salient weight column
+    for (int t = 0; t < 64; t++) {
+        for (int j = 0; j < C; j++) x[j] = (float)((urand() - 0.5) * (j == 9 ? 40 : 1));   // an activation outlier
+        for (int a = 0; a < C; a++)
+            for (int b = 0; b < C; b++) h[a * C + b] += x[a] * x[b];
+    }
+    int32_t idx[2];
+    mix_outlier_columns(w, R, C, h, 2, idx);
+    CHECK(idx[0] == 9 && idx[1] == 40);
+    mix_setting *m;
+    int n;
+    char *err = NULL;
+    CHECK(mix_menu_parse("int:3:32:0,2", &m, &n, &err) == 0);
+    CHECK(n == 2 && m[0].outliers == 0 && m[1].outliers == 2);
+    char name[32];
+    mix_setting_name(&m[1], name, sizeof name);
+    CHECK(!strcmp(name, "int3g32+o2"));
+    CHECK(mix_setting_bits(&m[1], R, C) == mix_setting_bits(&m[0], R, C) + R * 2 * 16 + 2 * 32);
+    double loss[2];
+    CHECK(mix_tensor_losses(w, R, C, h, m, n, 0, 1, loss, &err) == 0);
+    CHECK(loss[1] < 0.5 * loss[0]);   // the outlier column no longer stretches its group's scale
+    // the kept columns are exact up to f16 rounding, the others are on the grid
+    float *q = malloc(sizeof(float) * R * C);
+    CHECK(mix_dequantized(&m[1], w, R, C, h, 0, 1, q, &err) == 0);
+    for (int r = 0; r < R; r++) {
+        CHECK(fabsf(q[r * C + 40] - w[r * C + 40]) <= 1e-3f * fabsf(w[r * C + 40]));
+        CHECK(q[r * C + 41] != w[r * C + 41]);
+    }
+    double lg[2];
+    CHECK(mix_tensor_losses(w, R, C, h, m, n, 1, 1, lg, &err) == 0);
+    CHECK(isfinite(lg[0]) && isinf(lg[1]));   // GPTQ with outlier columns is not offered
+    free(q); free(m); free(w); free(h);
+}
+
 int main(void)
 {
     RUN(knapsack_matches_brute_force);
@@ -197,5 +236,6 @@ int main(void)
     RUN(setting_bits_by_hand);
     RUN(menu_parse);
     RUN(losses_match_independent_rtn);
+    RUN(outlier_columns);
     return tl_summary();
 }
