@@ -27,15 +27,16 @@ run() {
 }
 
 mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
-# bound NAME dim hidden qdim kvdim tokens with_hessians: one layer f32 + hidden states (+ Hessians f64)
+# bound dim hidden qdim kvdim vocab tokens qcal: one layer f32 + hidden states, + one layer's
+# Hessians (f64) for qcal, + the head (f32) for qeval
 bound() {
-    awk -v d="$1" -v h="$2" -v q="$3" -v kv="$4" -v t="$5" -v hs="$6" 'BEGIN {
+    awk -v d="$1" -v h="$2" -v q="$3" -v kv="$4" -v v="$5" -v t="$6" -v cal="$7" 'BEGIN {
         layer = (2 * d * q + 2 * d * kv + 3 * d * h) * 4; states = t * d * 4;
-        hess = hs ? (2 * d * d + q * q + h * h) * 8 : 0;
-        printf "%.0f", (layer + states + hess) / 1048576 }'
+        extra = cal ? (2 * d * d + q * q + h * h) * 8 : v * d * 4;
+        printf "%.0f", (layer + states + extra) / 1048576 }'
 }
 
-printf '%-6s %-20s %-7s %10s %9s  %s\n' tool model mode "peak RSS" wall "streamed bound: 1 layer f32 + hidden states (+ 1 layer of Hessians, f64)"
+printf '%-6s %-20s %-7s %10s %9s  %s\n' tool model mode "peak RSS" wall "streamed bound: 1 layer f32 + hidden states + (qcal) 1 layer of f64 Hessians / (qeval) the f32 head"
 row() { printf '%-6s %-20s %-7s %6s MiB %9s  %s\n' "$@"; }
 run qeval --version
 row "-" "(process baseline)" "-" "$RSS" "$WALL" "libraries and buffers every run has"
@@ -55,12 +56,12 @@ bench_model() {
         run qeval "$path" $ev --ctx "$ctx" --json $flag
         if [ $mode = memory ]; then a=$(jq -c '[.ppl, .nll, .tokens]' "$W/out.txt"); else b=$(jq -c '[.ppl, .nll, .tokens]' "$W/out.txt"); fi
         local et; et=$(jq .input_tokens "$W/out.txt")
-        row qeval "$label" "$mode" "$RSS" "$WALL" "$([ $mode = stream ] && echo "$(bound $dims "$et" 0) MiB  (+ head vocab x dim x 4)")"
+        row qeval "$label" "$mode" "$RSS" "$WALL" "$([ $mode = stream ] && echo "$(bound $dims "$et" 0) MiB")"
     done
     [ "$a" = "$b" ] && echo "  $label: qeval memory and stream agree: $a" || { echo "  $label: qeval DIFFERS: $a vs $b"; exit 1; }
 }
 
-bench_model ts3m-bf16 "$D/ts3m-bf16" "256 768 256 128" "--text $D/text/calib.txt" "--text $W/eval20k.txt" 256
+bench_model ts3m-bf16 "$D/ts3m-bf16" "256 768 256 128 1024" "--text $D/text/calib.txt" "--text $W/eval20k.txt" 256
 echo "  ts3m-bf16: bf16 file $(mib "$(stat -c %s "$D/ts3m-bf16/model.safetensors")") MiB"
-bench_model synth-llama8 "$SYN" "2048 5632 2048 512" "--tokens $W/t256.u32" "--tokens $W/t256.u32" 64
+bench_model synth-llama8 "$SYN" "2048 5632 2048 512 4096" "--tokens $W/t256.u32" "--tokens $W/t256.u32" 64
 echo "  synth-llama8 (hidden 2048, MLP 5632, vocab 4096): bf16 file $(mib "$(stat -c %s "$SYN/model.safetensors")") MiB, f32 weights $(mib $((377487360 * 4))) MiB"
