@@ -88,8 +88,9 @@ static stats *open_stream(const char *path, char **errp)
     const qs_header *h = qs_reader_header(r);
     const char *kind = json_string_value(json_object_get(h->meta, "kind"));
     if (!kind || strcmp(kind, "stats")) {
-        qs_reader_close(r);
-        return fail(errp, "%s: not a stats stream (kind '%s')", path, kind ? kind : "none");
+        fail(errp, "%s: not a stats stream (kind '%s')", path, kind ? kind : "none");
+        qs_reader_close(r);     /* after the message: kind points into the reader's header */
+        return NULL;
     }
     stats *st = calloc(1, sizeof *st);
     const qs_tensor *t;
