@@ -385,7 +385,19 @@ static gguf_plan *plan_gguf(const struct cmdline *c, const qs_header *h, const j
             !strcmp(p[i].gname, "output.weight"))
             st.has_output = 1;
     }
+    /* tensors go into the file in natural name order, whatever the stream order,
+     * so a --merge of shard streams lays the file out like a single run */
+    int *order = malloc(((size_t)n + 1) * sizeof *order);
+    qs_tensor *names = calloc((size_t)n + 1, sizeof *names);
     for (int i = 0; i < n; i++) {
+        order[i] = i;
+        names[i].name = (char *)json_string_value(json_object_get(json_array_get(h->manifest, i), "name"));
+    }
+    sort_base = names;
+    qsort(order, (size_t)n, sizeof *order, by_natural_name);
+    free(names);
+    for (int k = 0; k < n; k++) {
+        int i = order[k];
         json_t *e = json_array_get(h->manifest, i);
         const char *name = json_string_value(json_object_get(e, "name"));
         json_t *sh = json_object_get(e, "shape");
@@ -417,6 +429,7 @@ static gguf_plan *plan_gguf(const struct cmdline *c, const qs_header *h, const j
         p[i].index = gguf_writer_add_tensor(g, p[i].gname, p[i].type, nd, shape, rb * rows);
         if (p[i].index < 0) die("tensor '%s': %s", name, gguf_writer_error(g));
     }
+    free(order);
     gguf_writer_set_kv_u32(g, "general.file_type", (uint32_t)st.ftype);
     if (st.default_type != GGML_T_F32 && st.default_type != GGML_T_F16 && st.default_type != GGML_T_BF16)
         gguf_writer_set_kv_u32(g, "general.quantization_version", 2);
@@ -789,6 +802,10 @@ static qs_reader **open_inputs(const struct cmdline *c, qs_header *h, int argc, 
             continue;
         }
         json_array_extend(h->manifest, hk->manifest);
+        size_t pi;
+        json_t *pe;
+        json_array_foreach(hk->provenance, pi, pe)     /* every part's chain, marked */
+            json_array_append_new(h->provenance, json_pack("{s:i, s:O}", "merge_part", k + 1, "step", pe));
         for (int f = 0; f < hk->nfiles; f++)
             if (!qs_header_file(h, hk->files[f].name))
                 qs_header_add_file(h, hk->files[f].name, hk->files[f].data, hk->files[f].len);

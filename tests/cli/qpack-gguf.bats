@@ -131,3 +131,13 @@ lin = [k for k in a if "_proj" in k]
 assert len(lin) == 28 and all(a[k] == b[k] for k in lin), [k for k in lin if a[k] != b[k]][:3]
 PY
 }
+
+@test "a merged GGUF of shard streams has the single run's layout and bytes" {
+    for k in 1 2; do qcat "$DATA/ts3m-bf16" --shard $k/2 > p$k.qs; done
+    qpack --gguf q4_0 -o merged.gguf --merge p1.qs p2.qs
+    qcat "$DATA/ts3m-bf16" | qpack --gguf q4_0 -o single.gguf
+    facts merged.gguf --tensors | grep '^tensor' > a
+    facts single.gguf --tensors | grep '^tensor' > b
+    diff a b
+    python3 "$ROOT/tests/tools/gguf_cmp.py" merged.gguf single.gguf | grep -q '^39/39 '
+}
