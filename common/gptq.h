@@ -59,7 +59,10 @@ void gptq_hinv_free(gptq_hinv *hv);
  * in processing order: columns of the current column block have received the
  * lazy updates of earlier blocks only (what gptq.py's find_params reads).
  * `begin` (may be NULL) is called at each column block [i1, i2) with the
- * block copy W1 [nrows, i2-i1]. Return 0, or -1 to abort. */
+ * block copy W1 [nrows, i2-i1]. Return 0, or -1 to abort.
+ * Contract relied on by SparseGPT's N:M path (prune.c): `w` points into that
+ * block copy W1 at column i - i1 (ldw = its row stride), so w[r*ldw + k] for
+ * i + k < i2 are the current values of the block's later columns. */
 typedef struct {
     void *ctx;
     int (*begin)(void *ctx, int64_t r0, int64_t nrows, int64_t i1, int64_t i2,
