@@ -1,5 +1,6 @@
 /* cli — process-level helpers shared by every qpipe program (see cli.h). */
 #include "cli.h"
+#include "qstream.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -512,4 +513,17 @@ int glob_list_match(const char *patterns, const char *name)
         hit = fnmatch(p, name, 0) == 0;
     free(copy);
     return hit;
+}
+
+void add_provenance_or_die(qs_header *hp, int argc, char **argv)
+{
+    char **args = calloc((size_t)argc + 1, sizeof *args);
+    int nargs = 0;
+    for (int a = 1; a < argc; a++) {
+        if (!strcmp(argv[a], "--threads") && a + 1 < argc) { a++; continue; }
+        if (!strncmp(argv[a], "--threads=", 10)) continue;
+        args[nargs++] = argv[a];
+    }
+    if (qs_header_add_provenance(hp, prog_name, QPIPE_VERSION, nargs, args) < 0) die("out of memory");
+    free(args);
 }

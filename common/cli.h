@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "qstream.h"
+
 #define QPIPE_VERSION "0.1.0"
 
 enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
@@ -72,6 +74,12 @@ int      default_threads(void);                          /* online CPUs */
 void progress_start(uint64_t total_tensors, uint64_t total_bytes);
 void progress_update(uint64_t tensors_done, uint64_t bytes_done);
 void progress_end(void);
+
+/* Append this program's provenance entry to a stream header: its name,
+ * QPIPE_VERSION and argv[1..] without `--threads N` (which cannot change a
+ * byte of any qpipe output, so streams stay identical across thread counts).
+ * Dies on out of memory. */
+void add_provenance_or_die(qs_header *h, int argc, char **argv);
 
 /* Read a whole file into memory (dies on error). Adds a NUL after the data. */
 void *read_file_or_die(const char *path, size_t *len);

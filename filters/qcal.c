@@ -228,7 +228,7 @@ static void stats_begin(stats_out *so, const struct cmdline *c, const calib *cal
     qs_header_init(&so->h);
     json_object_set_new(so->h.meta, "kind", json_string("stats"));
     json_object_set_new(so->h.meta, "calibration", info);
-    qs_header_add_provenance(&so->h, "qcal", QPIPE_VERSION, argc, argv);
+    add_provenance_or_die(&so->h, argc, argv);
     char *err = NULL;
     if (calib_manifest(cal, &so->h, &err) < 0)
         die_free(err);

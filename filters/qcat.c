@@ -181,7 +181,7 @@ int main(int argc, char **argv)
                     picks[j].src->path);
     if (c.shard_n) select_shard(picks, npicks, c.shard_k, c.shard_n);
     json_object_set_new(h.meta, "kind", json_string("model"));
-    qs_header_add_provenance(&h, "qcat", QPIPE_VERSION, argc - 1, argv + 1);
+    add_provenance_or_die(&h, argc, argv);
     uint64_t total = 0, ntot = 0;
     for (int i = 0; i < npicks; i++)
         if (picks[i].selected) {

@@ -205,18 +205,6 @@ static void quantized_header(const struct cmdline *c, const char *name, const js
         qs_tensor_add_part(q, "g_idx", DT_I32, 1, &cols);
 }
 
-/* Provenance without --threads: it cannot change a byte of the output. */
-static void add_provenance(qs_header *h, int argc, char **argv)
-{
-    char **args = calloc((size_t)argc + 1, sizeof *args);
-    int nargs = 0;
-    for (int a = 1; a < argc; a++) {
-        if (!strcmp(argv[a], "--threads") && a + 1 < argc) { a++; continue; }
-        args[nargs++] = argv[a];
-    }
-    if (qs_header_add_provenance(h, "qgptq", QPIPE_VERSION, nargs, args)) die("out of memory");
-    free(args);
-}
 
 /* Output header: input's, manifest entries of quantized tensors replaced. */
 static void build_header(const struct cmdline *c, const stats *st, const qs_header *in,
@@ -244,7 +232,7 @@ static void build_header(const struct cmdline *c, const stats *st, const qs_head
         qs_tensor_clear(&q);
     }
     json_decref(old);
-    add_provenance(out, argc, argv);
+    add_provenance_or_die(out, argc, argv);
 }
 
 /*-*** Quantizing one tensor ***/

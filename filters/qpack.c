@@ -810,7 +810,7 @@ static qs_reader **open_inputs(const struct cmdline *c, qs_header *h, int argc, 
             if (!qs_header_file(h, hk->files[f].name))
                 qs_header_add_file(h, hk->files[f].name, hk->files[f].data, hk->files[f].len);
     }
-    qs_header_add_provenance(h, "qpack", QPIPE_VERSION, argc - 1, argv + 1);
+    add_provenance_or_die(h, argc, argv);
     return rs;
 }
 

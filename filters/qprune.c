@@ -393,18 +393,6 @@ static int out_header(const struct cmdline *c, const splan *sp, const stats *st,
     return OUT_PRUNED;
 }
 
-/* Provenance without --threads: it cannot change a byte of the output. */
-static void add_provenance(qs_header *h, int argc, char **argv)
-{
-    char **args = calloc((size_t)argc + 1, sizeof *args);
-    int nargs = 0;
-    for (int a = 1; a < argc; a++) {
-        if (!strcmp(argv[a], "--threads") && a + 1 < argc) { a++; continue; }
-        args[nargs++] = argv[a];
-    }
-    if (qs_header_add_provenance(h, "qprune", QPIPE_VERSION, nargs, args)) die("out of memory");
-    free(args);
-}
 
 /* Output header: config.json rewritten (structured), manifest of the new tensors. */
 static void build_header(const struct cmdline *c, const stats *st, const qs_header *in, int argc, char **argv,
@@ -436,7 +424,7 @@ static void build_header(const struct cmdline *c, const stats *st, const qs_head
         qs_tensor_clear(&o);
     }
     json_decref(old);
-    add_provenance(out, argc, argv);
+    add_provenance_or_die(out, argc, argv);
 }
 
 /*-*** Structured decisions ***/
