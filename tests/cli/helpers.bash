@@ -34,19 +34,21 @@ same_tensors() {
 # memcheck (`valgrind --error-exitcode=99 --leak-check=full -q`), via wrapper
 # scripts that exec it (so signals sent to the tool's pid reach it). Each
 # process writes its report to $VALGRIND_LOGS/<tool>.<pid>.log (default
-# ${TMPDIR:-/tmp}/qpipe-valgrind-logs); a clean run leaves only empty logs:
+# ${TMPDIR:-/tmp}/qpipe-valgrind-logs); VALGRIND_OPTS adds options (e.g.
+# --errors-for-leak-kinds=definite). A clean run leaves only empty logs:
 #   VALGRIND=1 bats tests/cli/; find "${TMPDIR:-/tmp}/qpipe-valgrind-logs" -type f -size +0
 # Without VALGRIND nothing here changes PATH or any function.
 if [ "${VALGRIND:-0}" = 1 ]; then
     VALGRIND_LOGS="${VALGRIND_LOGS:-${TMPDIR:-/tmp}/qpipe-valgrind-logs}"
-    VALGRIND_BIN="${TMPDIR:-/tmp}/qpipe-valgrind-bin.$(id -u)"
+    VALGRIND_BIN="$VALGRIND_LOGS.bin"
     mkdir -p "$VALGRIND_LOGS" "$VALGRIND_BIN"
     for _vg_tool in "$ROOT"/bin/q*; do
-        [ -x "$_vg_tool" ] || continue
         _vg_name="${_vg_tool##*/}"
+        # the tools (filters/*.c), not the test generators (tests/tools/*.c)
+        [ -x "$_vg_tool" ] && [ -f "$ROOT/filters/$_vg_name.c" ] || continue
         _vg_tmp="$VALGRIND_BIN/.$_vg_name.$$"
-        printf '#!/bin/sh\nexec valgrind --error-exitcode=99 --leak-check=full -q --log-file=%s/%s.%%p.log %s "$@"\n' \
-            "$VALGRIND_LOGS" "$_vg_name" "$_vg_tool" > "$_vg_tmp"
+        printf '#!/bin/sh\nexec valgrind --error-exitcode=99 --leak-check=full -q %s --log-file=%s/%s.%%p.log %s "$@"\n' \
+            "${VALGRIND_OPTS:-}" "$VALGRIND_LOGS" "$_vg_name" "$_vg_tool" > "$_vg_tmp"
         chmod +x "$_vg_tmp"
         mv -f "$_vg_tmp" "$VALGRIND_BIN/$_vg_name"
     done
