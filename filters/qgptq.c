@@ -133,6 +133,26 @@ static int is_selected(const struct cmdline *c, const char *name, qdtype dt, int
     return !(c->exclude && glob_list_match(c->exclude, name));
 }
 
+/* The grid of one tensor: the command line's, or the per-tensor setting qmix
+ * chose (attrs/manifest "qmix": {"grid": "int"|"nf4"|"f16", "bits", "group",
+ * "sym"}). Returns 1 when qmix kept the tensor in f16 (pass it through). */
+static int tensor_grid(const struct cmdline *c, const json_t *qmix, quant_grid *g)
+{
+    *g = c->gptq.grid;
+    if (!qmix) return 0;
+    const char *grid = json_string_value(json_object_get(qmix, "grid"));
+    if (grid && !strcmp(grid, "f16")) return 1;
+    if (json_integer_value(json_object_get(qmix, "outliers")) > 0)
+        die("qmix chose f16 outlier columns for a tensor: qgptq cannot keep them (use qmix --apply)");
+    g->scheme = grid && !strcmp(grid, "nf4") ? QUANT_NF4 : QUANT_INT;
+    g->bits = (int)json_integer_value(json_object_get(qmix, "bits"));
+    g->group = (int)json_integer_value(json_object_get(qmix, "group"));
+    g->sym = json_is_true(json_object_get(qmix, "sym"));
+    if (g->scheme == QUANT_NF4) g->act_order = g->static_groups = 0;
+    snprintf(g->method, sizeof g->method, "%s", c->rtn || g->scheme != QUANT_INT ? "rtn" : "gptq");
+    return 0;
+}
+
 /* 1 quantize, 0 pass through (dies on a weight with no stats and no --skip-missing). */
 static int plan_tensor(const struct cmdline *c, const stats *st, const char *name, qdtype dt, int ndim,
                        int warn)
@@ -180,10 +200,9 @@ static void dry_run(const struct cmdline *c, const stats *st, const qs_header *i
 }
 
 /* The quantized tensor's header: logical f32 [rows, cols], parts, attrs. */
-static void quantized_header(const struct cmdline *c, const char *name, const json_t *attrs,
+static void quantized_header(const quant_grid *g, const char *name, const json_t *attrs,
                              int64_t rows, int64_t cols, qs_tensor *q)
 {
-    const quant_grid *g = &c->gptq.grid;
     const int64_t shape[2] = { rows, cols }, ng = quant_ngroups(g, cols);
     if (qs_tensor_init(q, name, DT_F32, 2, shape)) die("'%s': bad shape", name);
     q->nparts = 0;
@@ -221,12 +240,14 @@ static void build_header(const struct cmdline *c, const stats *st, const qs_head
         const char *dts = json_string_value(json_object_get(e, "dtype"));
         qdtype dt = dts ? dtype_from_name(dts) : DT_INVALID;
         int ndim = (int)json_array_size(shape);
-        if (!name || json_object_get(e, "quant") || !plan_tensor(c, st, name, dt, ndim, 1)) {
+        quant_grid g;
+        if (!name || json_object_get(e, "quant") || !plan_tensor(c, st, name, dt, ndim, 1)
+            || tensor_grid(c, json_object_get(e, "qmix"), &g)) {
             json_array_append(out->manifest, e);
             continue;
         }
         qs_tensor q;
-        quantized_header(c, name, NULL, json_integer_value(json_array_get(shape, 0)),
+        quantized_header(&g, name, NULL, json_integer_value(json_array_get(shape, 0)),
                          json_integer_value(json_array_get(shape, 1)), &q);
         qs_header_manifest_add(out, &q);
         qs_tensor_clear(&q);
@@ -260,10 +281,9 @@ static float *read_weight_f32(qs_reader *r, const qs_tensor *t, int64_t numel)
 
 /* Round to nearest: quant.c grids, or llama-quantize's own quantizer for GGUF
  * blocks (x2_mean as its imatrix with --weighted). Fills res like GPTQ does. */
-static void rtn_tensor(const struct cmdline *c, const stats *st, const char *name, const float *wf,
-                       int64_t rows, int64_t cols, gptq_result *res)
+static void rtn_tensor(const struct cmdline *c, const quant_grid *g, const stats *st, const char *name,
+                       const float *wf, int64_t rows, int64_t cols, gptq_result *res)
 {
-    const quant_grid *g = &c->gptq.grid;
     quant_scale_opts so = c->gptq.scale;
     size_t n = 0;
     char *err = NULL;
@@ -290,18 +310,19 @@ static void rtn_tensor(const struct cmdline *c, const stats *st, const char *nam
 }
 
 static void quantize_tensor(const struct cmdline *c, const stats *st, qs_reader *r, qs_writer *w,
-                            const qs_tensor *t)
+                            const qs_tensor *t, const quant_grid *grid)
 {
     const int64_t rows = t->shape[0], cols = t->shape[1];
     const char *json_mask = t->attrs ? json_string_value(json_object_get(t->attrs, "mask")) : NULL;
     gptq_opts o = c->gptq;
     o.mask_zeros = json_mask && !strcmp(json_mask, "zeros");
+    o.grid = *grid;
     char *err = NULL;
     if (quant_grid_check(&o.grid, cols, &err)) die("'%s': %s", t->name, err);
     float *wf = read_weight_f32(r, t, rows * cols);
     gptq_result res;
     memset(&res, 0, sizeof res);
-    if (c->rtn) rtn_tensor(c, st, t->name, wf, rows, cols, &res);
+    if (c->rtn || o.grid.scheme != QUANT_INT) rtn_tensor(c, &o.grid, st, t->name, wf, rows, cols, &res);
     else {
         size_t n = 0;
         const float *h = stats_get(st, t->name, "hessian", &n);
@@ -310,7 +331,7 @@ static void quantize_tensor(const struct cmdline *c, const stats *st, qs_reader 
         if (gptq_quantize(wf, rows, cols, h, &o, &res, &err)) die("'%s': %s", t->name, err);
     }
     qs_tensor q;
-    quantized_header(c, t->name, t->attrs, rows, cols, &q);
+    quantized_header(&o.grid, t->name, t->attrs, rows, cols, &q);
     if (qs_writer_begin(w, &q) < 0) writer_die(w);
     const void *parts[4] = { res.codes, res.scales, res.zeros, res.g_idx };
     if (res.blocks) parts[0] = res.blocks;
@@ -354,8 +375,10 @@ int main(int argc, char **argv)
     int rc;
     uint64_t done = 0;
     while ((rc = qs_reader_next(r, &t)) == 1) {
-        if (!(t->attrs && json_object_get(t->attrs, "quant")) && plan_tensor(&c, st, t->name, t->dtype, t->ndim, 0))
-            quantize_tensor(&c, st, r, w, t);
+        quant_grid g;
+        if (!(t->attrs && json_object_get(t->attrs, "quant")) && plan_tensor(&c, st, t->name, t->dtype, t->ndim, 0)
+            && !tensor_grid(&c, t->attrs ? json_object_get(t->attrs, "qmix") : NULL, &g))
+            quantize_tensor(&c, st, r, w, t, &g);
         else
             copy_tensor(r, w);
         progress_update(++done, 0);

@@ -115,3 +115,11 @@ assert len(exact) >= 16, len(exact)   # bf16 values are f16-exact here: 16 colum
 assert len(exact) < 40, len(exact)
 EOF2
 }
+
+@test "qgptq honours qmix's per-tensor settings: qmix | qgptq --rtn equals qmix --apply" {
+    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" --samples 8 --seqlen 128 -o cm.qs
+    qcat "$DATA/ts3m-bf16" | qmix --avg-bits 3.5 --stats cm.qs 2>/dev/null > mix.qs
+    qgptq --rtn < mix.qs | qpack --dtype f32 -o a.safetensors
+    qcat "$DATA/ts3m-bf16" | qmix --avg-bits 3.5 --stats cm.qs --apply 2>/dev/null | qpack --dtype f32 -o b.safetensors
+    same_tensors a.safetensors b.safetensors
+}
