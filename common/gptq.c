@@ -65,6 +65,9 @@ int gptq_hinv_prepare(const float *h, int64_t n, double damp, int act_order,
         set_err(errp, gptq_errf("hessian: empty"));
         return -1;
     }
+    /* One BLAS thread: LAPACK's blocked factorisations sum in a thread-count
+     * dependent order, and H^-1 must not depend on OPENBLAS_NUM_THREADS. */
+    openblas_set_num_threads(1);
     hv->n = n;
     hv->dead = calloc((size_t)n, 1);
     hv->perm = malloc((size_t)n * sizeof *hv->perm);
