@@ -5,7 +5,8 @@
  * names back to HF (blk.3.ffn_down.weight → model.layers.3.mlp.down_proj.weight),
  * q/k rows back from GGUF's interleaved rotary order to HF's rotate-half order
  * (a row permutation, exact for float rows and for block-quantized rows
- * alike), and a config.json made from the llama.* keys. Tensor bytes are
+ * alike), and a config.json made from the llama.* keys. A GGUF of another
+ * architecture, or without the llama.* keys, keeps its own names. Tensor bytes are
  * read through the wrapped GGUF source row by row; nothing is converted.
  * Spec: specs/gguf.md §9 (names) and §10 (the permutation).
  */
@@ -88,28 +89,35 @@ static const qsrc_ops hv_ops = { hv_read, hv_map, hv_close };
 
 static json_t *kv(const qsrc *g, const char *key) { return json_object_get(json_object_get(g->header.meta, "gguf"), key); }
 
-/* config.json from the llama.* keys, as transformers would write it. */
+/* config.json from the llama.* keys, as transformers would write it. NULL if a
+ * required key is missing (checked before building: json_pack leaks on NULL). */
 static char *make_config(const qsrc *g, int tied, size_t *len)
 {
-    json_t *tokens = kv(g, "tokenizer.ggml.tokens");
-    json_t *c = json_pack("{s:[s], s:s, s:O, s:O, s:O, s:O, s:O, s:O, s:b}", "architectures", "LlamaForCausalLM",
-                          "model_type", "llama", "hidden_size", kv(g, "llama.embedding_length"),
-                          "intermediate_size", kv(g, "llama.feed_forward_length"),
-                          "num_hidden_layers", kv(g, "llama.block_count"),
-                          "num_attention_heads", kv(g, "llama.attention.head_count"),
-                          "rms_norm_eps", kv(g, "llama.attention.layer_norm_rms_epsilon"),
-                          "max_position_embeddings", kv(g, "llama.context_length"), "tie_word_embeddings", tied);
-    if (!c) return NULL;
+    static const char *req[][2] = {
+        { "hidden_size", "llama.embedding_length" }, { "intermediate_size", "llama.feed_forward_length" },
+        { "num_hidden_layers", "llama.block_count" }, { "num_attention_heads", "llama.attention.head_count" },
+        { "rms_norm_eps", "llama.attention.layer_norm_rms_epsilon" },
+        { "max_position_embeddings", "llama.context_length" },
+    };
+    json_t *c = json_object();
+    json_object_set_new(c, "architectures", json_pack("[s]", "LlamaForCausalLM"));
+    json_object_set_new(c, "model_type", json_string("llama"));
+    for (size_t i = 0; i < sizeof req / sizeof *req; i++) {
+        json_t *v = kv(g, req[i][1]);
+        if (!json_is_number(v)) { json_decref(c); return NULL; }
+        json_object_set(c, req[i][0], v);
+    }
+    json_object_set_new(c, "tie_word_embeddings", json_boolean(tied));
     json_t *kvh = kv(g, "llama.attention.head_count_kv");
-    json_object_set(c, "num_key_value_heads", kvh ? kvh : kv(g, "llama.attention.head_count"));
+    json_object_set(c, "num_key_value_heads", json_is_number(kvh) ? kvh : kv(g, "llama.attention.head_count"));
     json_t *theta = kv(g, "llama.rope.freq_base");
-    json_object_set_new(c, "rope_theta", theta ? json_deep_copy(theta) : json_real(10000.0));
-    json_t *vocab = kv(g, "llama.vocab_size");
-    if (vocab) json_object_set(c, "vocab_size", vocab);
+    json_object_set_new(c, "rope_theta", json_is_number(theta) ? json_deep_copy(theta) : json_real(10000.0));
+    json_t *vocab = kv(g, "llama.vocab_size"), *tokens = kv(g, "tokenizer.ggml.tokens");
+    if (json_is_number(vocab)) json_object_set(c, "vocab_size", vocab);
     else if (tokens) json_object_set_new(c, "vocab_size", json_integer((json_int_t)json_array_size(tokens)));
     const char *ids[2][2] = { { "tokenizer.ggml.bos_token_id", "bos_token_id" }, { "tokenizer.ggml.eos_token_id", "eos_token_id" } };
     for (int i = 0; i < 2; i++)
-        if (kv(g, ids[i][0])) json_object_set(c, ids[i][1], kv(g, ids[i][0]));
+        if (json_is_number(kv(g, ids[i][0]))) json_object_set(c, ids[i][1], kv(g, ids[i][0]));
     json_object_set_new(c, "torch_dtype", json_string("float32"));
     char *s = json_dumps(c, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(c);
@@ -121,6 +129,9 @@ qsrc *gguf_hf_view(qsrc *g, char **errp)
 {
     const char *arch = json_string_value(kv(g, "general.architecture"));
     if (!arch || strcmp(arch, "llama")) return g;    /* not ours to translate: raw names */
+    size_t len;
+    char *cfg = make_config(g, qsrc_find(g, "output.weight") < 0, &len);
+    if (!cfg) return g;                               /* no llama.* hyper-parameters: raw names too */
     int n_head = (int)json_integer_value(kv(g, "llama.attention.head_count"));
     int n_kv = kv(g, "llama.attention.head_count_kv") ? (int)json_integer_value(kv(g, "llama.attention.head_count_kv")) : n_head;
     qsrc *s = qsrc_new(g->path);
@@ -131,22 +142,22 @@ qsrc *gguf_hf_view(qsrc *g, char **errp)
     s->impl = im;
     s->ops = &hv_ops;
     s->sequential = g->sequential;
+    qs_header_clear(&s->header);              /* qsrc_new's empty header */
     qs_header_copy(&s->header, &g->header);
-    int tied = 1;
     for (int i = 0; i < g->ntensors; i++) {
         char name[160];
         if (hf_name(g->tensors[i].name, name, sizeof name) < 0) continue;   /* rope_freqs etc. */
-        if (!strcmp(name, "lm_head.weight")) tied = 0;
         qs_tensor t;
-        if (qs_tensor_copy(&t, &g->tensors[i]) < 0) { qsrc_close(s); *errp = qsrc_errf("out of memory"); return NULL; }
+        if (qs_tensor_copy(&t, &g->tensors[i]) < 0) { *errp = qsrc_errf("out of memory"); free(cfg); qsrc_close(s); return NULL; }
         free(t.name);
         t.name = strdup(name);
         int kind = gguf_llama_qk_kind(name);
         int heads = kind == 1 ? n_head : kind == 2 ? n_kv : 0;
         if (heads && (t.ndim != 2 || heads <= 0 || t.shape[0] % (2 * heads))) {
-            qs_tensor_clear(&t);
-            qsrc_close(s);
             *errp = qsrc_errf("%s: tensor '%s' does not split into %d heads", g->path, g->tensors[i].name, heads);
+            free(cfg);
+            qs_tensor_clear(&t);
+            qsrc_close(s);                    /* closes g too: message made first */
             return NULL;
         }
         im->src_idx[s->ntensors] = i;
@@ -154,9 +165,6 @@ qsrc *gguf_hf_view(qsrc *g, char **errp)
         qsrc_add_tensor(s, &t);
         qs_tensor_clear(&t);
     }
-    size_t len;
-    char *cfg = make_config(g, tied, &len);
-    if (!cfg) { qsrc_close(s); *errp = qsrc_errf("%s: llama.* hyper-parameters missing", g->path); return NULL; }
     qs_header_add_file(&s->header, "config.json", cfg, len);
     free(cfg);
     return s;
