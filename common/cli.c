@@ -228,7 +228,7 @@ static void register_output(out_file *o)
         signal(SIGINT, on_signal);
         signal(SIGTERM, on_signal);
         signal(SIGHUP, on_signal);
-        signal(SIGXFSZ, on_signal);           /* past `ulimit -f`: remove the temp, then die of it */
+        signal(SIGXFSZ, SIG_IGN);   /* past `ulimit -f`, writes fail with EFBIG: reported, temp removed */
         handlers = 1;
     }
     for (int i = 0; i < MAX_OUTPUTS; i++)
