@@ -47,6 +47,7 @@ static const char usage[] =
     "  --group G           columns per scale group, -1 = whole rows (default 128)\n"
     "  --sym               symmetric grid; default asymmetric (AWQ's zero_point=True)\n"
     "  --float             with --bits: emit the scaled and clipped float weights instead\n"
+    "  --f16-scales        with --bits: round scales to f16 first, so qpack --format awq packs exactly\n"
     "  --no-clip           skip the clipping search\n"
     "  --duo               AutoAWQ duo_scaling: s = x^a / (w^(1-a) + 1e-4)\n"
     "  --n-grid N          exponent grid points a = k/N, k = 0..N-1 (default 20)\n"
@@ -56,13 +57,13 @@ static const char usage[] =
     "  -f, --force         write the stream even to a terminal\n"
     "  -q, -v, --progress, --help, --version\n"
     "examples:\n"
-    "  qcat model/ | qawq --stats cal.qs --bits 4 --group 128 | qpack -o awq4/\n"
+    "  qcat model/ | qawq --stats cal.qs --bits 4 --group 128 --f16-scales | qpack --format awq -o awq4/\n"
     "  qcat model/ | qawq --stats cal.qs --stats-out cal-awq.qs | qgptq --stats cal-awq.qs > q.qs\n"
     "  qcat model/ | qawq --stats cal.qs --smooth 0.85 > smooth.qs\n";
 
 struct cmdline {
     awq_opts awq;
-    int bits_spec, emit_float, force;
+    int bits_spec, emit_float, force, f16_scales;
     const char *stats_path, *stats_out;
 };
 
@@ -102,6 +103,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else if (!strcmp(a, "--sym")) o->grid.sym = 1;
         else if (!strcmp(a, "--float")) c->emit_float = 1;
         else if (!strcmp(a, "--no-clip")) no_clip = 1;
+        else if (!strcmp(a, "--f16-scales")) c->f16_scales = 1;
         else if (!strcmp(a, "--duo")) o->duo = 1;
         else if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
         else if (a[0] == '-' && a[1]) usage_error("unknown option '%s'%s", a, v || takes ? "" : " or missing value");
@@ -244,17 +246,6 @@ static void output_header(const struct cmdline *c, const char *name, const json_
     qs_tensor_add_part(q, "zeros", DT_F32, 2, sshape);
 }
 
-static void add_provenance(qs_header *h, int argc, char **argv)
-{
-    char **args = calloc((size_t)argc + 1, sizeof *args);
-    int nargs = 0;
-    for (int a = 1; a < argc; a++) {
-        if (!strcmp(argv[a], "--threads") && a + 1 < argc) { a++; continue; }
-        args[nargs++] = argv[a];
-    }
-    if (qs_header_add_provenance(h, "qawq", QPIPE_VERSION, nargs, args)) die("out of memory");
-    free(args);
-}
 
 static void group_stats(const state *S, const char *wname, int64_t cols, awq_input *in);
 
@@ -312,7 +303,7 @@ static void build_header(state *S, const qs_header *in, int argc, char **argv, q
     }
     json_decref(old);
     for (int l = 0; l < S->nlayers; l++) check_layer_stats(S, &S->layers[l]);
-    add_provenance(out, argc, argv);
+    add_provenance_or_die(out, argc, argv);
 }
 
 /*-*** Processing a layer ***/
@@ -411,7 +402,10 @@ static void emit_role(state *S, item *it)
         char *err = NULL;
         if (!codes || !sc || !zr) die("'%s': out of memory", it->t.name);
         if (quant_grid_check(g, cols, &err)) die("'%s': %s", it->t.name, err);
-        if (quant_rtn(g, NULL, it->f, rows, cols, codes, sc, zr, NULL, S->c->awq.threads, &err))
+        quant_scale_opts so;
+        quant_scale_opts_default(&so);
+        so.f16_scales = S->c->f16_scales;
+        if (quant_rtn(g, &so, it->f, rows, cols, codes, sc, zr, NULL, S->c->awq.threads, &err))
             die("'%s': %s", it->t.name, err);
         if (qs_writer_begin(S->w, &q) < 0 || qs_writer_write(S->w, codes, q.parts[0].nbytes) < 0
             || qs_writer_write(S->w, sc, q.parts[1].nbytes) < 0 || qs_writer_write(S->w, zr, q.parts[2].nbytes) < 0
@@ -540,7 +534,7 @@ static void write_stats_out(state *S, int argc, char **argv)
     json_decref(old);
     // mark the file: consumers must not apply the recorded input_scale a second time
     json_object_set_new(h.meta, "awq_input_scaled", json_true());
-    add_provenance(&h, argc, argv);
+    add_provenance_or_die(&h, argc, argv);
     out_file o;
     out_create(&o, S->c->stats_out);
     qs_writer *w = qs_writer_open_fd(o.fd, &h, 0, &err);

@@ -526,14 +526,7 @@ static void build_header(const state *S, const qs_header *in, int argc, char **a
         qs_tensor_clear(&q);
     }
     json_decref(old);
-    char **args = calloc((size_t)argc + 1, sizeof *args);
-    int nargs = 0;
-    for (int a = 1; a < argc; a++) {
-        if (!strcmp(argv[a], "--threads") && a + 1 < argc) { a++; continue; }
-        args[nargs++] = argv[a];
-    }
-    if (qs_header_add_provenance(out, "qmix", QPIPE_VERSION, nargs, args)) die("out of memory");
-    free(args);
+    add_provenance_or_die(out, argc, argv);
 }
 
 static void writer_die(qs_writer *w) __attribute__((noreturn));

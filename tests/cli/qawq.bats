@@ -177,3 +177,13 @@ EOF2
 import json; a = json.load(open('kl_awq.json'))['kl']['mean']; r = json.load(open('kl_rtn.json'))['kl']['mean']
 print('random MHA model, int3g32 KL vs base: awq', a, 'rtn', r); assert a < r" >&3
 }
+
+@test "an AWQ checkpoint round-trips through qcat to exactly qawq's values" {
+    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" --samples 8 --seqlen 128 -o cm.qs
+    qcat "$DATA/ts3m-bf16" | qawq --stats cm.qs --bits 4 --group 128 --f16-scales > awq.qs
+    qpack --format awq -o awqck/ < awq.qs
+    python3 -c 'import json; q = json.load(open("awqck/config.json"))["quantization_config"]; assert q["quant_method"] == "awq" and q["version"] == "gemm" and q["bits"] == 4, q'
+    qcat awqck | qpack --dtype f32 -o back.safetensors
+    qpack --dtype f32 -o want.safetensors < awq.qs
+    same_tensors want.safetensors back.safetensors
+}
