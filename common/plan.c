@@ -1,6 +1,7 @@
 /* plan — the --dry-run report (see plan.h). */
 #include "plan.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,39 @@ void plan_add(plan *p, const char *name, const char *action, uint64_t mem, doubl
         p->items = realloc(p->items, (size_t)p->cap * sizeof *p->items);
     }
     p->items[p->n++] = (plan_item){ strdup(name), strdup(action), mem, bytes_in, bytes_out, flops };
+}
+
+static const json_t *entry_named(const json_t *manifest, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(manifest, i, e)
+        if (!strcmp(json_string_value(json_object_get(e, "name")) ?: "", name)) return e;
+    return NULL;
+}
+
+void plan_manifest_diff(plan *p, const json_t *in_manifest, const json_t *out_manifest, const char *action,
+                        void (*cost)(int64_t rows, int64_t cols, uint64_t *mem, double *flops))
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(in_manifest, i, e) {
+        const char *name = json_string_value(json_object_get(e, "name")) ?: "";
+        const json_t *o = entry_named(out_manifest, name);
+        uint64_t nb = (uint64_t)json_integer_value(json_object_get(e, "nbytes"));
+        if (o && json_equal((json_t *)e, (json_t *)o)) {
+            plan_add(p, name, "copy", 0, 0, nb, nb);
+            continue;
+        }
+        json_t *sh = json_object_get(e, "shape");
+        int64_t rows = json_array_size(sh) ? json_integer_value(json_array_get(sh, 0)) : 1, cols = 1;
+        for (size_t d = 1; d < json_array_size(sh); d++) cols *= json_integer_value(json_array_get(sh, d));
+        uint64_t mem = 0;
+        double flops = 0;
+        cost(rows, cols, &mem, &flops);
+        plan_add(p, name, o ? action : "dropped", mem, flops, nb,
+                 o ? (uint64_t)json_integer_value(json_object_get(o, "nbytes")) : 0);
+    }
 }
 
 static void human(char *buf, size_t len, double bytes)

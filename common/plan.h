@@ -25,6 +25,13 @@ plan *plan_new(const char *prog, int threads, uint64_t base_mem);
  * memory, arithmetic (flops) and bytes read/written. */
 void  plan_add(plan *p, const char *name, const char *action, uint64_t mem, double flops,
                uint64_t bytes_in, uint64_t bytes_out);
+/* For a stream filter: one entry per input manifest entry, "copy" when the
+ * filter's output manifest holds it unchanged, else `action` with the work
+ * cost() estimates from its shape (rows, cols = the rest) and bytes. */
+struct json_t;
+void  plan_manifest_diff(plan *p, const struct json_t *in_manifest, const struct json_t *out_manifest,
+                         const char *action,
+                         void (*cost)(int64_t rows, int64_t cols, uint64_t *mem, double *flops));
 /* Print the report to out (per tensor when verbose) and free p. */
 void  plan_print(plan *p, FILE *out, int verbose);
 

@@ -208,7 +208,7 @@ int qs_header_manifest_add(qs_header *h, const qs_tensor *t)
 {
     json_t *e = json_pack("{s:s, s:s, s:o, s:I}", "name", t->name, "dtype", dtype_name(t->dtype),
                           "shape", shape_json(t->ndim, t->shape), "nbytes", (json_int_t)qs_tensor_nbytes(t));
-    static const char *carried[] = { "quant", "alias" };   /* attrs a sink needs before the data */
+    static const char *carried[] = { "quant", "alias", "sparsity" };   /* attrs a sink needs before the data */
     for (size_t i = 0; e && t->attrs && i < sizeof carried / sizeof *carried; i++)
         if (json_object_get(t->attrs, carried[i])) json_object_set(e, carried[i], json_object_get(t->attrs, carried[i]));
     return e ? json_array_append_new(h->manifest, e) : -1;

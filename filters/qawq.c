@@ -25,6 +25,7 @@
  */
 #include "awq.h"
 #include "cli.h"
+#include "plan.h"
 #include "dtype.h"
 #include "qstream.h"
 #include "quant.h"
@@ -47,6 +48,7 @@ static const char usage[] =
     "  --group G           columns per scale group, -1 = whole rows (default 128)\n"
     "  --sym               symmetric grid; default asymmetric (AWQ's zero_point=True)\n"
     "  --float             with --bits: emit the scaled and clipped float weights instead\n"
+    "  --dry-run           print the plan, peak memory and a time estimate; write nothing\n"
     "  --f16-scales        with --bits: round scales to f16 first, so qpack --format awq packs exactly\n"
     "  --no-clip           skip the clipping search\n"
     "  --duo               AutoAWQ duo_scaling: s = x^a / (w^(1-a) + 1e-4)\n"
@@ -63,7 +65,7 @@ static const char usage[] =
 
 struct cmdline {
     awq_opts awq;
-    int bits_spec, emit_float, force, f16_scales;
+    int bits_spec, emit_float, force, f16_scales, dry_run;
     const char *stats_path, *stats_out;
 };
 
@@ -104,6 +106,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else if (!strcmp(a, "--float")) c->emit_float = 1;
         else if (!strcmp(a, "--no-clip")) no_clip = 1;
         else if (!strcmp(a, "--f16-scales")) c->f16_scales = 1;
+        else if (!strcmp(a, "--dry-run")) c->dry_run = 1;
         else if (!strcmp(a, "--duo")) o->duo = 1;
         else if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
         else if (a[0] == '-' && a[1]) usage_error("unknown option '%s'%s", a, v || takes ? "" : " or missing value");
@@ -567,6 +570,15 @@ static void write_stats_out(state *S, int argc, char **argv)
     qs_header_clear(&h);
 }
 
+/* --dry-run cost per scaled linear: the 20-point scale search and the clip
+ * search each quantize the weight and take tr(dW H dW^T) (~2 rows d_in² per
+ * evaluation); memory: the layer's f32 copies and the group's Hessian. */
+static void awq_cost(int64_t rows, int64_t cols, uint64_t *mem, double *flops)
+{
+    *mem = (uint64_t)(9 * rows * cols * 4 + cols * cols * 4);
+    *flops = 40.0 * 2.0 * rows * cols * cols;
+}
+
 int main(int argc, char **argv)
 {
     struct cmdline c;
@@ -577,11 +589,18 @@ int main(int argc, char **argv)
     S.c = &c;
     char *err = NULL;
     if (!(S.st = stats_open(c.stats_path, &err))) die_free(err);
-    if (!c.force) refuse_tty(1, "qstream");
+    if (!c.force && !c.dry_run) refuse_tty(1, "qstream");
     if (!(S.r = qs_reader_open_fd(0, "stdin", &err))) die_free(err);
 
     qs_header h;
     build_header(&S, qs_reader_header(S.r), argc, argv, &h);
+    if (c.dry_run) {
+        plan *p = plan_new("qawq", c.awq.threads, QS_DEFAULT_CHUNK);
+        plan_manifest_diff(p, qs_reader_header(S.r)->manifest, h.manifest, "awq", awq_cost);
+        plan_print(p, stdout, verbosity > 1);
+        close_stdout_or_die();
+        return EXIT_OK;
+    }
     if (!(S.w = qs_writer_open_fd(1, &h, 0, &err))) { exit_if_epipe(errno); die("stdout: %s", err); }
     progress_start(json_array_size(h.manifest), 0);
     process_stream(&S);

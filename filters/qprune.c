@@ -32,6 +32,7 @@
  * down_proj / o_proj has arrived and the kept channels are known.
  */
 #include "cli.h"
+#include "plan.h"
 #include "dtype.h"
 #include "prune.h"
 #include "qstream.h"
@@ -60,6 +61,7 @@ static const char usage[] =
     "  --sparsity-for GLOB=R  ratio R for tensors matching GLOB (repeatable; the last match wins;\n"
     "                      R = 0 leaves them dense; with --nm only 0 is allowed)\n"
     "  --skip GLOBS        never prune these (unstructured / N:M)\n"
+    "  --dry-run           print the plan, peak memory and a time estimate; write nothing\n"
     "  --include GLOBS     prune these instead of the default linears\n"
     "options:\n"
     "  --stats FILE        calibration statistics from qcal (x2_mean for Wanda, Hessians for SparseGPT)\n"
@@ -86,7 +88,7 @@ struct rule { char *glob; double ratio; };
 struct cmdline {
     prune_opts prune;            /* method, ratio, per_layer, N:M, block, damp, threads */
     quant_grid grid;             /* --bits: joint quantization grid */
-    int method_spec, joint, skip_missing, force;
+    int method_spec, joint, skip_missing, force, dry_run;
     double mlp_ratio;            /* --structured mlp=R */
     int heads;                   /* --structured heads=K */
     struct rule *rules;
@@ -196,6 +198,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else if (!strcmp(a, "--include") && v) append_globs(&c->include, v);
         else if (!strcmp(a, "--stats") && v) c->stats_path = v;
         else if (!strcmp(a, "--skip-missing")) c->skip_missing = 1;
+        else if (!strcmp(a, "--dry-run")) c->dry_run = 1;
         else if (!strcmp(a, "--bits") && v) { c->grid.bits = (int)parse_long("--bits", v, 2, 8); c->joint = 1; }
         else if (!strcmp(a, "--group") && v) {
             c->grid.group = (int)parse_long("--group", v, -1, 1 << 30);
@@ -717,6 +720,20 @@ static void process_stream(const struct cmdline *c, const splan *sp, const stats
     free(qu.q);
 }
 
+/* --dry-run costs: SparseGPT is GPTQ's engine (H^-1 ~d_in³, updates ~2 rows
+ * d_in²; W, its copy and H, H^-1 in f64); magnitude/Wanda sort each row. */
+static void sparsegpt_cost(int64_t rows, int64_t cols, uint64_t *mem, double *flops)
+{
+    *mem = (uint64_t)(rows * cols * 8 + cols * cols * 16);
+    *flops = (double)cols * cols * cols + 2.0 * rows * cols * cols;
+}
+
+static void score_cost(int64_t rows, int64_t cols, uint64_t *mem, double *flops)
+{
+    *mem = (uint64_t)(rows * cols * 8);
+    *flops = 20.0 * rows * cols;
+}
+
 int main(int argc, char **argv)
 {
     struct cmdline c;
@@ -725,13 +742,22 @@ int main(int argc, char **argv)
     char *err = NULL;
     stats *st = NULL;
     if (c.stats_path && !(st = stats_open(c.stats_path, &err))) die_free(err);
-    if (!c.force) refuse_tty(1, "qstream");
+    if (!c.force && !c.dry_run) refuse_tty(1, "qstream");
     qs_reader *r = qs_reader_open_fd(0, "stdin", &err);
     if (!r) die_free(err);
 
     qs_header h;
     splan sp;
     build_header(&c, st, qs_reader_header(r), argc, argv, &h, &sp);
+    if (c.dry_run) {
+        plan *p = plan_new("qprune", c.prune.threads, QS_DEFAULT_CHUNK);
+        int sgpt = c.prune.method == PRUNE_SPARSEGPT;
+        plan_manifest_diff(p, qs_reader_header(r)->manifest, h.manifest, sgpt ? "sparsegpt" : "prune",
+                           sgpt ? sparsegpt_cost : score_cost);
+        plan_print(p, stdout, verbosity > 1);
+        close_stdout_or_die();
+        return EXIT_OK;
+    }
     qs_writer *w = qs_writer_open_fd(1, &h, 0, &err);
     if (!w) { exit_if_epipe(errno); die("stdout: %s", err); }
     progress_start(json_array_size(h.manifest), 0);

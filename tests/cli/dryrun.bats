@@ -27,3 +27,12 @@ load helpers
     run bash -c "qgptq --rtn --bits 4 --dry-run -v < m.qs | grep -c '^  model.* rtn int4'"
     [ "$output" -eq 28 ]
 }
+
+@test "qprune and qawq --dry-run count the linears they would change" {
+    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" --samples 4 --seqlen 64 -o cal.qs
+    qcat "$DATA/ts3m-bf16" > m.qs
+    run bash -c "qprune --sparsegpt --stats cal.qs --dry-run < m.qs"
+    [ "$status" -eq 0 ] && [[ "${lines[0]}" == "qprune --dry-run: 39 tensors (28 processed, 11 copied)"* ]]
+    run bash -c "qawq --stats cal.qs --bits 4 --dry-run < m.qs"
+    [ "$status" -eq 0 ] && [[ "${lines[0]}" == "qawq --dry-run: 39 tensors (36 processed, 3 copied)"* ]]
+}
