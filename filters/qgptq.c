@@ -149,7 +149,7 @@ static int tensor_grid(const struct cmdline *c, const json_t *qmix, quant_grid *
     g->group = (int)json_integer_value(json_object_get(qmix, "group"));
     g->sym = json_is_true(json_object_get(qmix, "sym"));
     if (g->scheme == QUANT_NF4) g->act_order = g->static_groups = 0;
-    snprintf(g->method, sizeof g->method, "%s", c->rtn || g->scheme != QUANT_INT ? "rtn" : "gptq");
+    snprintf(g->method, sizeof g->method, "%s", c->rtn || g->scheme == QUANT_NF4 ? "rtn" : "gptq");
     return 0;
 }
 
@@ -322,7 +322,7 @@ static void quantize_tensor(const struct cmdline *c, const stats *st, qs_reader 
     float *wf = read_weight_f32(r, t, rows * cols);
     gptq_result res;
     memset(&res, 0, sizeof res);
-    if (c->rtn || o.grid.scheme != QUANT_INT) rtn_tensor(c, &o.grid, st, t->name, wf, rows, cols, &res);
+    if (c->rtn || o.grid.scheme == QUANT_NF4 || o.grid.scheme == QUANT_FP8) rtn_tensor(c, &o.grid, st, t->name, wf, rows, cols, &res);
     else {
         size_t n = 0;
         const float *h = stats_get(st, t->name, "hessian", &n);
