@@ -74,8 +74,10 @@ static int entry_fill(entry *e, const qs_tensor *t, const void *data, size_t len
             return fail(errp, "out of memory"), -1;
         dtype_to_f32(t->dtype, data, e->data, (size_t)n);
     }
-    if (t->dtype != DT_I64 && n > 0)
-        e->i64 = (int64_t)e->data[0];
+    if (t->dtype != DT_I64 && n > 0) {     /* a token count stored as float: only a sane one */
+        float v = e->data[0];
+        e->i64 = v >= 0 && v < 9.2e18f ? (int64_t)v : -1;
+    }
     e->n = (size_t)n;
     return 0;
 }
