@@ -7,6 +7,7 @@
  * output errors documented in awq.h.
  */
 #include "awq.h"
+#include "err.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -16,16 +17,6 @@
 #include <string.h>
 
 #define AWQ_ROW_BLOCK 32    /* rows per task; fixed so sums ignore the thread count */
-
-static int fail(char **errp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(char **errp, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (errp && vasprintf(errp, fmt, ap) < 0) *errp = NULL;
-    va_end(ap);
-    return -1;
-}
 
 void awq_opts_default(awq_opts *o)
 {
@@ -304,10 +295,10 @@ static int search_group(const awq_layer *L, int g, const awq_opts *o, float *s,
     const awq_input *in = &L->in[g];
     float *cand = malloc((size_t)cols * sizeof *cand), *wmean = NULL;
     int rc = -1;
-    if (!cand) return fail(errp, "out of memory");
+    if (!cand) return err_set(errp, "out of memory");
     if (o->duo && (!(wmean = malloc((size_t)cols * sizeof *wmean))
                    || awq_weight_mean(lins, n, o->grid.group, wmean))) {
-        fail(errp, "out of memory");
+        err_set(errp, "out of memory");
         goto out;
     }
     *loss_rtn = awq_scaled_error(&o->grid, lins, n, NULL, in->hessian, o->threads);
@@ -317,7 +308,7 @@ static int search_group(const awq_layer *L, int g, const awq_opts *o, float *s,
         double ratio = (double)k / (double)o->n_grid;
         awq_candidate_scales(in->xabs_mean, wmean, cols, ratio, cand);
         double loss = awq_scaled_error(&o->grid, lins, n, cand, in->hessian, o->threads);
-        if (isnan(loss)) { fail(errp, "out of memory"); goto out; }
+        if (isnan(loss)) { err_set(errp, "out of memory"); goto out; }
         if (loss < *loss_best) {   // strict: the first minimum wins, as the reference
             *loss_best = loss;
             *alpha = ratio;
@@ -361,10 +352,10 @@ int awq_layer_scale(awq_layer *L, const awq_opts *o, char **errp)
         const int64_t cols = L->lin[group_def[g].members[0]].cols;
         const awq_input *in = &L->in[g];
         if (!in->hessian || (o->smooth < 0 ? !in->xabs_mean : !in->absmax))
-            return fail(errp, "group %s: no %s statistics", gname[g],
+            return err_set(errp, "group %s: no %s statistics", gname[g],
                         !in->hessian ? "hessian" : o->smooth < 0 ? "xabs_mean" : "absmax");
         float *s = malloc((size_t)cols * sizeof *s);
-        if (!s) return fail(errp, "out of memory");
+        if (!s) return err_set(errp, "out of memory");
         L->scale[g] = s;
         if (o->smooth >= 0) {
             awq_mat lins[3];
@@ -487,14 +478,14 @@ int awq_layer_clip(awq_layer *L, const awq_opts *o, char **errp)
         if (l == AWQ_Q || l == AWQ_K || !m->w || !L->in[g].hessian) continue;
         if (!hs[g]) {   // the scaled input's Hessian diag(1/s) H diag(1/s)
             const size_t nn = (size_t)(m->cols * m->cols);
-            if (!(hs[g] = malloc(nn * sizeof(float)))) { fail(errp, "out of memory"); goto out; }
+            if (!(hs[g] = malloc(nn * sizeof(float)))) { err_set(errp, "out of memory"); goto out; }
             memcpy(hs[g], L->in[g].hessian, nn * sizeof(float));
             if (L->scale[g]) awq_scale_hessian(hs[g], m->cols, L->scale[g]);
         }
         double b = 0, a = 0;
         if (awq_clip_matrix(&o->grid, o->max_shrink, o->clip_grid, m->w, m->rows, m->cols, hs[g],
                             o->threads, &b, &a)) {
-            fail(errp, "out of memory");
+            err_set(errp, "out of memory");
             goto out;
         }
         L->clip_before += b;

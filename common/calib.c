@@ -2,6 +2,7 @@
  * calib.h). Hessians follow GPTQ's H = Σ x xᵀ (IST-DASLab/gptq gptq.py
  * add_batch, without its 2/n scaling: the contract keeps it unnormalised). */
 #include "calib.h"
+#include "err.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -10,16 +11,6 @@
 #include <string.h>
 #include <cblas.h>
 
-__attribute__((format(printf, 2, 3)))
-static int fail(char **errp, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (vasprintf(errp, fmt, ap) < 0)
-        *errp = NULL;
-    va_end(ap);
-    return -1;
-}
 
 typedef struct {
     char   **names;             /* weight names sharing this input; [0] stores */
@@ -51,12 +42,12 @@ static const char *const suffix[S_COUNT] = {
 calib *calib_new(int bins, char **errp)
 {
     if (bins < 16 || bins > (1 << 20) || (bins & (bins - 1))) {
-        fail(errp, "histogram bins must be a power of two in 16..1048576, not %d", bins);
+        err_set(errp, "histogram bins must be a power of two in 16..1048576, not %d", bins);
         return NULL;
     }
     calib *c = calloc(1, sizeof *c);
     if (!c) {
-        fail(errp, "out of memory");
+        err_set(errp, "out of memory");
         return NULL;
     }
     c->bins = bins;
@@ -93,7 +84,7 @@ static int group_alloc(const calib *c, group *g, char **errp)
     if (g->H && g->sx2 && g->sabs && g->amax && g->hist)
         return 0;
     group_release(g);
-    return fail(errp, "out of memory for the statistics of '%s' (d_in %d: %.1f MiB)", g->names[0], g->d,
+    return err_set(errp, "out of memory for the statistics of '%s' (d_in %d: %.1f MiB)", g->names[0], g->d,
                 (double)d * d * sizeof(double) / 1048576.0);
 }
 
@@ -128,7 +119,7 @@ static group *group_add(calib *c, const char *const *names, int nnames, int d, c
 {
     group *ng = realloc(c->g, (size_t)(c->ng + 1) * sizeof *ng);
     if (!ng) {
-        fail(errp, "out of memory");
+        err_set(errp, "out of memory");
         return NULL;
     }
     c->g = ng;
@@ -143,7 +134,7 @@ static group *group_add(calib *c, const char *const *names, int nnames, int d, c
         bad = !(g->names[i] = strdup(names[i]));
     if (bad) {
         group_clear(g);
-        fail(errp, "out of memory for the statistics of '%s' (d_in %d)", names[0], d);
+        err_set(errp, "out of memory for the statistics of '%s' (d_in %d)", names[0], d);
         return NULL;
     }
     c->ng++;
@@ -154,9 +145,9 @@ int calib_declare(void *ctx, const char *const *names, int nnames, int d_in, cha
 {
     calib *c = ctx;
     if (d_in < 1 || nnames < 1)
-        return fail(errp, "'%s': bad input width %d", nnames > 0 ? names[0] : "?", d_in);
+        return err_set(errp, "'%s': bad input width %d", nnames > 0 ? names[0] : "?", d_in);
     if (group_find(c, names[0]))
-        return fail(errp, "'%s' declared twice", names[0]);
+        return err_set(errp, "'%s' declared twice", names[0]);
     return group_add(c, names, nnames, d_in, errp) ? 0 : -1;
 }
 
@@ -217,16 +208,16 @@ int calib_hook(void *ctx, const char *const *names, int nnames, const float *x, 
     if (!g && !(g = group_add(c, names, nnames, d_in, errp)))
         return -1;
     if (g->d != d_in)
-        return fail(errp, "'%s': input width %d, earlier %d", names[0], d_in, g->d);
+        return err_set(errp, "'%s': input width %d, earlier %d", names[0], d_in, g->d);
     if (g->written)
-        return fail(errp, "'%s': more data after its statistics were written", names[0]);
+        return err_set(errp, "'%s': more data after its statistics were written", names[0]);
     if (!g->H && group_alloc(c, g, errp) < 0)
         return -1;
     size_t need = (size_t)n * d_in;
     if (need > c->xd_cap) {
         double *p = realloc(c->xd, need * sizeof *p);
         if (!p)
-            return fail(errp, "out of memory");
+            return err_set(errp, "out of memory");
         c->xd = p;
         c->xd_cap = need;
     }
@@ -279,7 +270,7 @@ int calib_manifest(const calib *c, qs_header *h, char **errp)
                     rc = qs_header_manifest_add(h, &t);
                 qs_tensor_clear(&t);
                 if (rc < 0)
-                    return fail(errp, "out of memory");
+                    return err_set(errp, "out of memory");
             }
     return 0;
 }
@@ -351,7 +342,7 @@ static int write_groups(calib *c, int upto, qs_writer *w, char **errp)
             maxd = c->g[i].d;
     float *buf = malloc((size_t)maxd * sizeof *buf);
     if (!buf)
-        return fail(errp, "out of memory");
+        return err_set(errp, "out of memory");
     int rc = 0;
     for (int i = 0; rc == 0 && i < upto; i++) {
         group *g = &c->g[i];
@@ -368,7 +359,7 @@ static int write_groups(calib *c, int upto, qs_writer *w, char **errp)
     free(buf);
     if (rc < 0) {
         const char *e = qs_writer_error(w);
-        return fail(errp, "%s", e && *e ? e : "cannot write statistics");
+        return err_set(errp, "%s", e && *e ? e : "cannot write statistics");
     }
     return 0;
 }

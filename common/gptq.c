@@ -5,6 +5,7 @@
  * docs/specs algorithms.md §5.2.
  */
 #include "gptq.h"
+#include "err.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -15,22 +16,6 @@
 #include <string.h>
 
 #include "dtype.h"
-
-static char *gptq_errf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *gptq_errf(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return strdup(buf);
-}
-
-static void set_err(char **errp, char *msg)
-{
-    if (errp) *errp = msg; else free(msg);
-}
 
 /*-*** Hessian inverse ***/
 
@@ -62,7 +47,7 @@ int gptq_hinv_prepare(const float *h, int64_t n, double damp, int act_order,
 {
     memset(hv, 0, sizeof *hv);
     if (n < 1) {
-        set_err(errp, gptq_errf("hessian: empty"));
+        err_set(errp, "hessian: empty");
         return -1;
     }
     /* One BLAS thread: LAPACK's blocked factorisations sum in a thread-count
@@ -77,7 +62,7 @@ int gptq_hinv_prepare(const float *h, int64_t n, double damp, int act_order,
     int64_t *tmp = malloc((size_t)n * sizeof *tmp);
     int rc = -1;
     if (!hv->dead || !hv->perm || !hv->hinv || !diag || !a || !tmp) {
-        set_err(errp, gptq_errf("out of memory for a %lld x %lld Hessian", (long long)n, (long long)n));
+        err_set(errp, "out of memory for a %lld x %lld Hessian", (long long)n, (long long)n);
         goto out;
     }
     // 2. dead columns: H_jj = 0 -> H_jj = 1 (their weights are zeroed by the caller)
@@ -85,7 +70,7 @@ int gptq_hinv_prepare(const float *h, int64_t n, double damp, int act_order,
         diag[j] = h[j * n + j];
         if (h[j * n + j] == 0.0f) { hv->dead[j] = 1; diag[j] = 1.0; }
         if (!isfinite(diag[j]) || diag[j] < 0) {
-            set_err(errp, gptq_errf("hessian: diagonal entry %lld is %g", (long long)j, diag[j]));
+            err_set(errp, "hessian: diagonal entry %lld is %g", (long long)j, diag[j]);
             goto out;
         }
         hv->perm[j] = j;
@@ -112,8 +97,8 @@ int gptq_hinv_prepare(const float *h, int64_t n, double damp, int act_order,
         info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, a, (lapack_int)n);
     }
     if (info != 0) {
-        set_err(errp, gptq_errf("hessian is not positive definite after damping %g (lapack info %d); "
-                                "try a larger damp", damp, (int)info));
+        err_set(errp, "hessian is not positive definite after damping %g (lapack info %d); "
+                                "try a larger damp", damp, (int)info);
         goto out;
     }
     for (int64_t i = 0; i < n; i++)
@@ -454,7 +439,7 @@ static int driver_run(gptq_driver *d, int threads, char **errp)
     if (quant_parallel_for((d->rows + GPTQ_ROW_BLOCK - 1) / GPTQ_ROW_BLOCK, threads,
                            driver_row_block, d, &failed) == 0)
         return 0;
-    set_err(errp, gptq_errf("gptq: row block %lld failed (out of memory)", (long long)failed));
+    err_set(errp, "gptq: row block %lld failed (out of memory)", (long long)failed);
     return -1;
 }
 
@@ -489,7 +474,7 @@ static int gguf_quantize(const float *w, int64_t rows, int64_t cols, const gptq_
     j.bp = calloc((size_t)(rows * (cols / 32)), sizeof *j.bp);
     if (!res->codes || !res->q || !res->blocks || !j.bp) {
         free(j.bp);
-        set_err(errp, gptq_errf("out of memory for a %lld x %lld result", (long long)rows, (long long)cols));
+        err_set(errp, "out of memory for a %lld x %lld result", (long long)rows, (long long)cols);
         return -1;
     }
     gptq_driver d = { hv, w, rows, cols, o->block, res->q, { &j, NULL, gguf_column } };
@@ -509,15 +494,15 @@ int gptq_quantize(const float *w, int64_t rows, int64_t cols, const float *h,
     if (quant_grid_check(&o->grid, cols, errp)) return -1;
     const int gguf = o->grid.scheme == QUANT_GGUF;
     if (o->grid.scheme != QUANT_INT && !gguf) {
-        set_err(errp, gptq_errf("gptq supports int and gguf (q4_0 ... q8_0) grids only"));
+        err_set(errp, "gptq supports int and gguf (q4_0 ... q8_0) grids only");
         return -1;
     }
     if (o->block < 1 || !(o->damp >= 0) || (gguf && o->block % 32 != 0)) {
-        set_err(errp, gptq_errf("gptq: block must be >= 1 (a multiple of 32 for gguf grids) and damp >= 0"));
+        err_set(errp, "gptq: block must be >= 1 (a multiple of 32 for gguf grids) and damp >= 0");
         return -1;
     }
     if (gguf && o->grid.act_order) {
-        set_err(errp, gptq_errf("gptq: gguf grids have no g_idx, so no act_order"));
+        err_set(errp, "gptq: gguf grids have no g_idx, so no act_order");
         return -1;
     }
     gptq_hinv hv;
@@ -526,7 +511,7 @@ int gptq_quantize(const float *w, int64_t rows, int64_t cols, const float *h,
     if (gguf) {
         rc = gguf_quantize(w, rows, cols, &hv, o, res, errp);
     } else if (result_alloc(res, o, rows, cols)) {
-        set_err(errp, gptq_errf("out of memory for a %lld x %lld result", (long long)rows, (long long)cols));
+        err_set(errp, "out of memory for a %lld x %lld result", (long long)rows, (long long)cols);
         rc = -1;
     } else {
         gptq_job job = { o, &hv, w, rows, cols, res->ngroups, res };

@@ -6,6 +6,7 @@
  * Reference: transformers/models/llama/modeling_llama.py; the llama2.c run.c
  * structure (rmsnorm / matmul / attention per layer). */
 #include "llama.h"
+#include "err.h"
 
 #include <errno.h>
 #include <libgen.h>
@@ -25,18 +26,6 @@
 /* ------------------------------------------------------------------------
  * Errors */
 
-__attribute__((format(printf, 2, 3)))
-static int fail(char **errp, const char *fmt, ...)
-{
-    if (errp) {
-        va_list ap;
-        va_start(ap, fmt);
-        if (vasprintf(errp, fmt, ap) < 0)
-            *errp = NULL;
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* ------------------------------------------------------------------------
  * Model */
@@ -120,12 +109,12 @@ static int json_int(json_t *cfg, const char *key, int dflt, int lo, int *out, ch
     json_t *v = json_object_get(cfg, key);
     if (!v || json_is_null(v)) {
         if (dflt == INT32_MIN)
-            return fail(errp, "config.json: missing '%s'", key);
+            return err_set(errp, "config.json: missing '%s'", key);
         *out = dflt;
         return 0;
     }
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > (1 << 30))
-        return fail(errp, "config.json: '%s' must be an integer >= %d", key, lo);
+        return err_set(errp, "config.json: '%s' must be an integer >= %d", key, lo);
     *out = (int)json_integer_value(v);
     return 0;
 }
@@ -135,12 +124,12 @@ static int json_num(json_t *obj, const char *key, double dflt, double *out, char
     json_t *v = json_object_get(obj, key);
     if (!v || json_is_null(v)) {
         if (isnan(dflt))
-            return fail(errp, "config.json: missing '%s'", key);
+            return err_set(errp, "config.json: missing '%s'", key);
         *out = dflt;
         return 0;
     }
     if (!json_is_number(v))
-        return fail(errp, "config.json: '%s' must be a number", key);
+        return err_set(errp, "config.json: '%s' must be a number", key);
     *out = json_number_value(v);
     return 0;
 }
@@ -157,7 +146,7 @@ static int config_arch(json_t *cfg, llama_config *c, char **errp)
             snprintf(c->model_type, sizeof c->model_type, "%s", types[i]);
             return 0;
         }
-    return fail(errp, "config.json: unsupported architecture '%s' (supported: llama, mistral, qwen2)",
+    return err_set(errp, "config.json: unsupported architecture '%s' (supported: llama, mistral, qwen2)",
                 mt ? mt : arch ? arch : "(none)");
 }
 
@@ -167,7 +156,7 @@ static int config_rope_scaling(json_t *cfg, llama_model *m, char **errp)
     if (!rs || json_is_null(rs))
         return 0;
     if (!json_is_object(rs))
-        return fail(errp, "config.json: 'rope_scaling' must be an object or null");
+        return err_set(errp, "config.json: 'rope_scaling' must be an object or null");
     const char *type = json_string_value(json_object_get(rs, "rope_type"));
     if (!type)
         type = json_string_value(json_object_get(rs, "type"));
@@ -176,7 +165,7 @@ static int config_rope_scaling(json_t *cfg, llama_model *m, char **errp)
     if (json_num(rs, "factor", NAN, &m->rope_factor, errp) < 0)
         return -1;
     if (!(m->rope_factor > 0))
-        return fail(errp, "config.json: rope_scaling factor must be > 0");
+        return err_set(errp, "config.json: rope_scaling factor must be > 0");
     if (!strcmp(type, "linear")) {
         m->rope_kind = 1;
         return 0;
@@ -188,10 +177,10 @@ static int config_rope_scaling(json_t *cfg, llama_model *m, char **errp)
             json_num(rs, "original_max_position_embeddings", NAN, &m->rope_orig, errp) < 0)
             return -1;
         if (!(m->rope_high > m->rope_low) || !(m->rope_orig > 0))
-            return fail(errp, "config.json: rope_scaling llama3: need high_freq_factor > low_freq_factor");
+            return err_set(errp, "config.json: rope_scaling llama3: need high_freq_factor > low_freq_factor");
         return 0;
     }
-    return fail(errp, "config.json: unsupported rope_scaling type '%s' (supported: linear, llama3)", type);
+    return err_set(errp, "config.json: unsupported rope_scaling type '%s' (supported: linear, llama3)", type);
 }
 
 static int config_parse(const char *text, size_t len, llama_model *m, char **errp)
@@ -200,7 +189,7 @@ static int config_parse(const char *text, size_t len, llama_model *m, char **err
     json_t *cfg = json_loadb(text, len, 0, &je);
     if (!cfg || !json_is_object(cfg)) {
         json_decref(cfg);
-        return fail(errp, "config.json: invalid JSON (line %d: %s)", je.line, je.text);
+        return err_set(errp, "config.json: invalid JSON (line %d: %s)", je.line, je.text);
     }
     llama_config *c = &m->cfg;
     int rc = -1;
@@ -223,16 +212,16 @@ static int config_parse(const char *text, size_t len, llama_model *m, char **err
         config_rope_scaling(cfg, m, errp) < 0)
         goto out;
     if (act && strcmp(act, "silu")) {
-        fail(errp, "config.json: unsupported hidden_act '%s' (only silu)", act);
+        err_set(errp, "config.json: unsupported hidden_act '%s' (only silu)", act);
         goto out;
     }
     if (c->n_heads % c->n_kv_heads) {
-        fail(errp, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+        err_set(errp, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
              c->n_heads, c->n_kv_heads);
         goto out;
     }
     if (c->head_dim % 2 || c->head_dim == 0) {
-        fail(errp, "config.json: head dimension %d must be even", c->head_dim);
+        err_set(errp, "config.json: head dimension %d must be even", c->head_dim);
         goto out;
     }
     json_t *sw = json_object_get(cfg, "sliding_window");
@@ -274,7 +263,7 @@ static int shape_check(const char *name, const int64_t *shape, int ndim, int64_t
     char have[128], exp[64];
     shape_str(have, sizeof have, shape, ndim);
     shape_str(exp, sizeof exp, want, wdim);
-    return fail(errp, "'%s' has shape %s but config.json implies %s", name, have, exp);
+    return err_set(errp, "'%s' has shape %s but config.json implies %s", name, have, exp);
 }
 
 /* Fetch `name` with the expected shape (d1 = 0: 1-D). optional: absent -> 0. */
@@ -287,9 +276,9 @@ static int weight_get(llama_get_fn get, void *ctx, const char *name, int64_t d0,
     char *e = NULL;
     int r = get(ctx, name, &data, shape, &ndim, &e);
     if (r < 0)
-        return e ? (*errp = e, -1) : fail(errp, "%s: cannot read", name);
+        return e ? (*errp = e, -1) : err_set(errp, "%s: cannot read", name);
     if (r == 0)
-        return optional ? 0 : fail(errp, "missing tensor '%s'", name);
+        return optional ? 0 : err_set(errp, "missing tensor '%s'", name);
     if (shape_check(name, shape, ndim, d0, d1, errp) < 0) {
         free(data);
         return -1;
@@ -401,7 +390,7 @@ static llama_model *model_new(const char *config_json, size_t len, char **errp)
 {
     llama_model *m = calloc(1, sizeof *m);
     if (!m) {
-        fail(errp, "out of memory");
+        err_set(errp, "out of memory");
         return NULL;
     }
     m->nthreads = 1;
@@ -411,7 +400,7 @@ static llama_model *model_new(const char *config_json, size_t len, char **errp)
     const llama_config *c = &m->cfg;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) {
-        fail(errp, "out of memory");
+        err_set(errp, "out of memory");
         goto err;
     }
     for (int l = 0; l < c->n_layers; l++)
@@ -452,7 +441,7 @@ llama_model *llama_load(const char *config_json, size_t len, llama_get_fn get, v
     if (r < 0)
         goto err;
     if (r > 0) {
-        fail(errp, "checkpoint has more layers than config.json's num_hidden_layers %d", c->n_layers);
+        err_set(errp, "checkpoint has more layers than config.json's num_hidden_layers %d", c->n_layers);
         goto err;
     }
     return m;
@@ -633,12 +622,12 @@ static llama_state *state_new(const llama_model *m, int ctx, int max_batch, int 
 {
     const llama_config *c = &m->cfg;
     if (ctx < 1 || max_batch < 1 || max_batch > ctx) {
-        fail(errp, "bad context %d / batch %d", ctx, max_batch);
+        err_set(errp, "bad context %d / batch %d", ctx, max_batch);
         return NULL;
     }
     llama_state *s = calloc(1, sizeof *s);
     if (!s) {
-        fail(errp, "out of memory");
+        err_set(errp, "out of memory");
         return NULL;
     }
     int bad = 0, half = c->head_dim / 2;
@@ -662,7 +651,7 @@ static llama_state *state_new(const llama_model *m, int ctx, int max_batch, int 
     s->y = xcalloc(B * c->dim, sizeof(float), &bad);
     if (bad) {
         llama_state_free(s);
-        fail(errp, "out of memory for a context of %d tokens", ctx);
+        err_set(errp, "out of memory for a context of %d tokens", ctx);
         return NULL;
     }
     // cos/sin of position * inv_freq, computed in double
@@ -815,7 +804,7 @@ static int hook_call(llama_model *m, const linear *li, int nl, const float *x, i
         names[i] = li[i].name;
     char *e = NULL;
     if (m->hook(m->hook_ctx, names, nl, x, n, li[0].din, &e) < 0)
-        return e ? (*errp = e, -1) : fail(errp, "calibration hook failed");
+        return e ? (*errp = e, -1) : err_set(errp, "calibration hook failed");
     return 0;
 }
 
@@ -863,12 +852,12 @@ static int layer_forward(llama_model *m, llama_state *s, const layer *L, int l, 
 static int state_prepare(llama_model *m, llama_state *s, char **errp)
 {
     if (m->nthreads > 1 && !m->pool && !(m->pool = pool_new(m->nthreads)))
-        return fail(errp, "cannot start %d threads", m->nthreads);
+        return err_set(errp, "cannot start %d threads", m->nthreads);
     int nth = m->pool ? m->pool->n : 1;
     if (s->nscores < nth) {
         float *sc = realloc(s->scores, (size_t)nth * s->ctx * sizeof *sc);
         if (!sc)
-            return fail(errp, "out of memory");
+            return err_set(errp, "out of memory");
         s->scores = sc;
         s->nscores = nth;
     }
@@ -880,17 +869,17 @@ int llama_eval(llama_model *m, llama_state *s, const uint32_t *tokens, int n,
 {
     const llama_config *c = &m->cfg;
     if (m->streamed)
-        return fail(errp, "the model is layer-streamed: it runs only batches of windows (llama_batch_*)");
+        return err_set(errp, "the model is layer-streamed: it runs only batches of windows (llama_batch_*)");
     if (n < 1 || n > s->max_batch)
-        return fail(errp, "batch of %d tokens (1..%d allowed)", n, s->max_batch);
+        return err_set(errp, "batch of %d tokens (1..%d allowed)", n, s->max_batch);
     if (s->pos + n > s->ctx)
-        return fail(errp, "context full: %d + %d tokens > %d", s->pos, n, s->ctx);
+        return err_set(errp, "context full: %d + %d tokens > %d", s->pos, n, s->ctx);
     if (state_prepare(m, s, errp) < 0)
         return -1;
     // embedding lookup
     for (int t = 0; t < n; t++) {
         if (tokens[t] >= (uint32_t)c->vocab)
-            return fail(errp, "token id %u outside the vocabulary (%d)", tokens[t], c->vocab);
+            return err_set(errp, "token id %u outside the vocabulary (%d)", tokens[t], c->vocab);
         memcpy(s->x + (size_t)t * c->dim, m->embed + (size_t)tokens[t] * c->dim,
                (size_t)c->dim * sizeof(float));
     }
@@ -981,7 +970,7 @@ static int batch_embed(llama_model *m, llama_batch *b, const uint32_t *tokens, c
     for (int w = 0; w < b->nw; w++)
         for (int t = 0; t < b->len[w]; t++)
             if (tokens[off[w] + t] >= (uint32_t)c->vocab)
-                return fail(errp, "token id %u outside the vocabulary (%d)", tokens[off[w] + t], c->vocab);
+                return err_set(errp, "token id %u outside the vocabulary (%d)", tokens[off[w] + t], c->vocab);
     float *own = NULL;
     if (m->streamed && stream_get(m, "model.embed_tokens.weight", c->vocab, c->dim, &own, errp) < 0)
         return -1;
@@ -999,13 +988,13 @@ llama_batch *llama_batch_new(llama_model *m, const uint32_t *tokens, const int *
 {
     const llama_config *c = &m->cfg;
     if (nw < 1) {
-        fail(errp, "no windows to evaluate");
+        err_set(errp, "no windows to evaluate");
         return NULL;
     }
     llama_batch *b = calloc(1, sizeof *b);
     if (!b || !(b->row = calloc((size_t)nw, sizeof *b->row)) || !(b->len = calloc((size_t)nw, sizeof *b->len))) {
         llama_batch_free(b);
-        fail(errp, "out of memory");
+        err_set(errp, "out of memory");
         return NULL;
     }
     b->nw = nw;
@@ -1014,7 +1003,7 @@ llama_batch *llama_batch_new(llama_model *m, const uint32_t *tokens, const int *
     for (int w = 0; w < nw; w++) {
         if (len[w] < 1 || off[w] < 0) {
             llama_batch_free(b);
-            fail(errp, "window %d: bad offset %d / length %d", w, off[w], len[w]);
+            err_set(errp, "window %d: bad offset %d / length %d", w, off[w], len[w]);
             return NULL;
         }
         b->row[w] = (int)b->total;
@@ -1024,7 +1013,7 @@ llama_batch *llama_batch_new(llama_model *m, const uint32_t *tokens, const int *
             maxlen = len[w];
     }
     if (b->total > ((size_t)1 << 31) || !(b->x = malloc(b->total * (size_t)c->dim * sizeof(float)))) {
-        fail(errp, "out of memory for the hidden states of %zu tokens (%.1f MiB)", b->total,
+        err_set(errp, "out of memory for the hidden states of %zu tokens (%.1f MiB)", b->total,
              (double)b->total * c->dim * sizeof(float) / 1048576.0);
         llama_batch_free(b);
         return NULL;
@@ -1055,7 +1044,7 @@ static int batch_windows(llama_model *m, llama_batch *b, const layer *L, char **
 int llama_batch_layer(llama_model *m, llama_batch *b, int l, char **errp)
 {
     if (l != b->layers_done || l >= m->cfg.n_layers)
-        return fail(errp, "layer %d out of order (next is %d of %d)", l, b->layers_done, m->cfg.n_layers);
+        return err_set(errp, "layer %d out of order (next is %d of %d)", l, b->layers_done, m->cfg.n_layers);
     if (state_prepare(m, b->s, errp) < 0)
         return -1;
     layer *L = &m->layers[l];
@@ -1087,9 +1076,9 @@ int llama_batch_logits(llama_model *m, llama_batch *b, int w, float *logits, cha
 {
     const llama_config *c = &m->cfg;
     if (b->layers_done != c->n_layers)
-        return fail(errp, "logits asked after %d of %d layers", b->layers_done, c->n_layers);
+        return err_set(errp, "logits asked after %d of %d layers", b->layers_done, c->n_layers);
     if (w < 0 || w >= b->nw)
-        return fail(errp, "window %d of %d", w, b->nw);
+        return err_set(errp, "window %d of %d", w, b->nw);
     if ((m->streamed && stream_head(m, logits != NULL, errp) < 0) || state_prepare(m, b->s, errp) < 0)
         return -1;
     // as the end of llama_eval: final norm, the head's hook, the head
@@ -1138,7 +1127,7 @@ static const char *carried_config(const qs_header *h, size_t *len, char **errp)
 {
     const qs_file *f = qs_header_file(h, "config.json");
     if (!f) {
-        fail(errp, "no config.json with the weights");
+        err_set(errp, "no config.json with the weights");
         return NULL;
     }
     *len = f->len;
@@ -1151,18 +1140,18 @@ static float *bytes_to_f32(const qs_tensor *t, const void *data, size_t len, cha
 {
     int64_t numel = qs_numel(t->ndim, t->shape);
     if (numel < 0) {
-        fail(errp, "%s: bad shape", t->name);
+        err_set(errp, "%s: bad shape", t->name);
         return NULL;
     }
     if (t->nparts == 1 && !tensor_is_quantized(t) && dtype_traits[t->dtype].is_float &&
         t->parts[0].dtype == t->dtype) {
         if (len != (size_t)numel * dtype_size(t->dtype)) {
-            fail(errp, "%s: %zu bytes for %lld elements", t->name, len, (long long)numel);
+            err_set(errp, "%s: %zu bytes for %lld elements", t->name, len, (long long)numel);
             return NULL;
         }
         float *f = malloc((size_t)(numel ? numel : 1) * sizeof *f);
         if (!f) {
-            fail(errp, "%s: out of memory", t->name);
+            err_set(errp, "%s: out of memory", t->name);
             return NULL;
         }
         dtype_to_f32(t->dtype, data, f, (size_t)numel);
@@ -1185,7 +1174,7 @@ static int source_fetch(qsrc *s, int use_map, const char *name, float **data, in
     void *buf = NULL;
     if (!p) {
         if (!(buf = malloc(len ? len : 1)))
-            return fail(errp, "%s: out of memory", name);
+            return err_set(errp, "%s: out of memory", name);
         if (qsrc_read(s, idx, 0, buf, len, errp) < 0) {
             free(buf);
             return -1;
@@ -1273,7 +1262,7 @@ static const char *stream_config(qs_reader *r, size_t *len, char **errp)
     const qs_header *h = qs_reader_header(r);
     const char *kind = json_string_value(json_object_get(h->meta, "kind"));
     if (kind && strcmp(kind, "model")) {
-        fail(errp, "stream is of kind '%s', not a model", kind);
+        err_set(errp, "stream is of kind '%s', not a model", kind);
         return NULL;
     }
     return carried_config(h, len, errp);
@@ -1293,7 +1282,7 @@ llama_model *llama_load_stream(qs_reader *r, char **errp)
         size_t n;
         void *data = qs_reader_read_all(r, &n);
         if (!data) {
-            fail(errp, "%s", qs_reader_error(r));
+            err_set(errp, "%s", qs_reader_error(r));
             goto out;
         }
         float *f = bytes_to_f32(t, data, n, errp);
@@ -1302,12 +1291,12 @@ llama_model *llama_load_stream(qs_reader *r, char **errp)
             goto out;
         if (table_add(&tt, t, f) < 0) {
             free(f);
-            fail(errp, "out of memory");
+            err_set(errp, "out of memory");
             goto out;
         }
     }
     if (rc < 0) {
-        fail(errp, "%s", qs_reader_error(r));
+        err_set(errp, "%s", qs_reader_error(r));
         goto out;
     }
     m = llama_load(cfg, len, table_get, &tt, errp);
@@ -1324,7 +1313,7 @@ static int carry_beside(qsrc *s, const char *path, char **errp)
         return 0;
     char *copy = strdup(path);
     if (!copy)
-        return fail(errp, "out of memory");
+        return err_set(errp, "out of memory");
     const char *dir = dirname(copy);
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         char p[4096];
@@ -1351,7 +1340,7 @@ static int carry_beside(qsrc *s, const char *path, char **errp)
         if (bad || qs_header_add_file(&s->header, names[i], buf ? buf : "", len) < 0) {
             free(buf);
             free(copy);
-            return fail(errp, "%s: cannot read", p);
+            return err_set(errp, "%s: cannot read", p);
         }
         free(buf);
     }
@@ -1367,7 +1356,7 @@ static llama_model *open_result(llama_model *m, const char *path, char *e, char 
     if (e && !strncmp(e, path, strlen(path)))
         *errp = e;
     else {
-        fail(errp, "%s: %s", path, e ? e : "cannot load the model");
+        err_set(errp, "%s: %s", path, e ? e : "cannot load the model");
         free(e);
     }
     return NULL;
@@ -1468,7 +1457,7 @@ static int seq_next(seqsrc *q, const qs_tensor **t, char **errp)
 {
     if (q->r) {
         int rc = qs_reader_next(q->r, t);
-        return rc < 0 ? fail(errp, "%s", qs_reader_error(q->r)) : rc;
+        return rc < 0 ? err_set(errp, "%s", qs_reader_error(q->r)) : rc;
     }
     if (q->next >= q->src->ntensors)
         return 0;
@@ -1482,7 +1471,7 @@ static int seq_next(seqsrc *q, const qs_tensor **t, char **errp)
 static int seq_read(seqsrc *q, void *buf, size_t n, char **errp)
 {
     if (q->r)
-        return qs_reader_read(q->r, buf, n) < 0 ? fail(errp, "%s", qs_reader_error(q->r)) : 0;
+        return qs_reader_read(q->r, buf, n) < 0 ? err_set(errp, "%s", qs_reader_error(q->r)) : 0;
     if (qsrc_read(q->src, q->cur, q->cur_off, buf, n, errp) < 0)
         return -1;
     q->cur_off += n;
@@ -1496,7 +1485,7 @@ static int spool_open(seqsrc *q, char **errp)
     snprintf(path, sizeof path, "%s/qpipe-spool-XXXXXX", dir && *dir ? dir : "/tmp");
     q->fd = mkstemp(path);
     if (q->fd < 0)
-        return fail(errp, "%s: cannot create a spool file: %s", path, strerror(errno));
+        return err_set(errp, "%s: cannot create a spool file: %s", path, strerror(errno));
     unlink(path);
     return 0;
 }
@@ -1522,7 +1511,7 @@ static int spool_put(seqsrc *q, const qs_tensor *t, const void *data, char **err
         return -1;
     spooled *ne = realloc(q->e, (size_t)(q->n + 1) * sizeof *ne);
     if (!ne)
-        return fail(errp, "out of memory");
+        return err_set(errp, "out of memory");
     q->e = ne;
     spooled *e = &q->e[q->n];
     e->at = q->end;
@@ -1530,7 +1519,7 @@ static int spool_put(seqsrc *q, const qs_tensor *t, const void *data, char **err
     enum { CHUNK = 4 << 20 };
     char *buf = data ? NULL : malloc(CHUNK);
     if (!data && !buf)
-        return fail(errp, "out of memory");
+        return err_set(errp, "out of memory");
     int rc = 0;
     for (uint64_t done = 0; rc == 0 && done < e->len;) {
         size_t k = e->len - done < CHUNK ? (size_t)(e->len - done) : CHUNK;
@@ -1538,12 +1527,12 @@ static int spool_put(seqsrc *q, const qs_tensor *t, const void *data, char **err
         if (!data && seq_read(q, buf, k, errp) < 0)
             rc = -1;
         else if (write_full(q->fd, p, k, e->at + done) < 0)
-            rc = fail(errp, "spool file: write error: %s", strerror(errno));
+            rc = err_set(errp, "spool file: write error: %s", strerror(errno));
         done += k;
     }
     free(buf);
     if (rc == 0 && qs_tensor_copy(&e->t, t) < 0)
-        rc = fail(errp, "out of memory");
+        rc = err_set(errp, "out of memory");
     if (rc < 0)
         return -1;
     q->end += e->len;
@@ -1557,7 +1546,7 @@ static void *seq_read_all(seqsrc *q, const qs_tensor *t, size_t *len, char **err
     *len = (size_t)qs_tensor_nbytes(t);
     void *buf = malloc(*len ? *len : 1);
     if (!buf) {
-        fail(errp, "%s: out of memory", t->name);
+        err_set(errp, "%s: out of memory", t->name);
         return NULL;
     }
     if (seq_read(q, buf, *len, errp) < 0) {
@@ -1583,14 +1572,14 @@ static int spool_take(seqsrc *q, spooled *e, int keep, float **data, int64_t *sh
 {
     char *buf = malloc(e->len ? (size_t)e->len : 1);
     if (!buf)
-        return fail(errp, "%s: out of memory", e->t.name);
+        return err_set(errp, "%s: out of memory", e->t.name);
     for (uint64_t done = 0; done < e->len;) {
         ssize_t k = pread(q->fd, buf + done, (size_t)(e->len - done), (off_t)(e->at + done));
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0) {
             free(buf);
-            return fail(errp, "spool file: read error");
+            return err_set(errp, "spool file: read error");
         }
         done += (uint64_t)k;
     }
@@ -1668,7 +1657,7 @@ static int seq_finish(void *ctx, char **errp)
     int rc;
     while (q->r && !q->done && (rc = qs_reader_next(q->r, &t)) != 0)
         if (rc < 0)
-            return fail(errp, "%s", qs_reader_error(q->r));
+            return err_set(errp, "%s", qs_reader_error(q->r));
     q->done = 1;
     return 0;
 }
@@ -1695,7 +1684,7 @@ static int seq_attach(llama_model *m, qs_reader *r, qsrc *src, char **errp)
         if (r)
             qs_reader_close(r);
         qsrc_close(src);
-        return fail(errp, "out of memory");
+        return err_set(errp, "out of memory");
     }
     q->m = m;
     q->r = r;
@@ -1717,7 +1706,7 @@ static int spec_check(llama_model *m, const char *name, int64_t d0, int64_t d1, 
     if (r < 0)
         return 0;
     if (r == 0)
-        return optional ? 0 : fail(errp, "missing tensor '%s'", name);
+        return optional ? 0 : err_set(errp, "missing tensor '%s'", name);
     return shape_check(name, shape, ndim, d0, d1, errp) < 0 ? -1 : 1;
 }
 
@@ -1748,7 +1737,7 @@ static int stream_check(llama_model *m, char **errp)
     int64_t shape[QS_MAX_DIMS];
     int ndim;
     if (m->ws.info(m->ws.ctx, name, shape, &ndim) == 1)
-        return fail(errp, "checkpoint has more layers than config.json's num_hidden_layers %d", c->n_layers);
+        return err_set(errp, "checkpoint has more layers than config.json's num_hidden_layers %d", c->n_layers);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 /* mix — menus, storage costs, sensitivities and the exact multiple-choice
  * knapsack (see mix.h). */
 #include "mix.h"
+#include "err.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -11,16 +12,6 @@
 #include "awq.h"
 #include "dtype.h"
 #include "gptq.h"
-
-static int fail(char **errp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(char **errp, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (errp && vasprintf(errp, fmt, ap) < 0) *errp = NULL;
-    va_end(ap);
-    return -1;
-}
 
 /*-*** Menu ***/
 
@@ -43,9 +34,9 @@ static int parse_list(const char *s, size_t len, long lo, long hi, long *v, int 
 
 static int menu_add(mix_setting **menu, int *n, const mix_setting *s, char **errp)
 {
-    if (*n >= MIX_MAX_CHOICES) return fail(errp, "menu: more than %d settings", MIX_MAX_CHOICES);
+    if (*n >= MIX_MAX_CHOICES) return err_set(errp, "menu: more than %d settings", MIX_MAX_CHOICES);
     mix_setting *m = realloc(*menu, (size_t)(*n + 1) * sizeof *m);
-    if (!m) return fail(errp, "out of memory");
+    if (!m) return err_set(errp, "out of memory");
     m[(*n)++] = *s;
     *menu = m;
     return 0;
@@ -63,28 +54,28 @@ static int parse_entry(const char *s, size_t len, mix_setting **menu, int *n, ch
         return menu_add(menu, n, &st, errp);
     }
     const char *c1 = memchr(s, ':', len), *c2 = c1 ? memchr(c1 + 1, ':', len - (size_t)(c1 + 1 - s)) : NULL;
-    if (!c1 || !c2) return fail(errp, "menu: '%.*s' is not GRID:BITS:GROUPS", (int)len, s);
+    if (!c1 || !c2) return err_set(errp, "menu: '%.*s' is not GRID:BITS:GROUPS", (int)len, s);
     const char *c3 = memchr(c2 + 1, ':', len - (size_t)(c2 + 1 - s));
     long outl[16] = { 0 };
     int no = 1;
     if (c3 && (no = parse_list(c3 + 1, len - (size_t)(c3 + 1 - s), 0, 1 << 20, outl, 16)) <= 0)
-        return fail(errp, "menu: bad outlier list in '%.*s'", (int)len, s);
+        return err_set(errp, "menu: bad outlier list in '%.*s'", (int)len, s);
     const size_t glen = c3 ? (size_t)(c3 - c2 - 1) : len - (size_t)(c2 + 1 - s);
     const size_t gl = (size_t)(c1 - s);
     if (gl == 3 && !strncmp(s, "int", 3)) st.grid.scheme = QUANT_INT;
     else if (gl == 3 && !strncmp(s, "sym", 3)) { st.grid.scheme = QUANT_INT; st.grid.sym = 1; }
     else if (gl == 3 && !strncmp(s, "nf4", 3)) st.grid.scheme = QUANT_NF4;
-    else return fail(errp, "menu: unknown grid '%.*s' (int, sym, nf4 or f16)", (int)gl, s);
+    else return err_set(errp, "menu: unknown grid '%.*s' (int, sym, nf4 or f16)", (int)gl, s);
     long bits[16], groups[16];
     int nb = parse_list(c1 + 1, (size_t)(c2 - c1 - 1), 2, 8, bits, 16);
     int ng = parse_list(c2 + 1, glen, -1, 1 << 24, groups, 16);
-    if (nb <= 0) return fail(errp, "menu: bad bits list in '%.*s' (2..8)", (int)len, s);
-    if (ng <= 0) return fail(errp, "menu: bad group list in '%.*s'", (int)len, s);
+    if (nb <= 0) return err_set(errp, "menu: bad bits list in '%.*s' (2..8)", (int)len, s);
+    if (ng <= 0) return err_set(errp, "menu: bad group list in '%.*s'", (int)len, s);
     for (int b = 0; b < nb; b++)
         for (int g = 0; g < ng; g++)
             for (int o = 0; o < no; o++) {
-                if (groups[g] == 0) return fail(errp, "menu: group 0 in '%.*s' (-1 = whole rows)", (int)len, s);
-                if (st.grid.scheme == QUANT_NF4 && bits[b] != 4) return fail(errp, "menu: nf4 has 4 bits");
+                if (groups[g] == 0) return err_set(errp, "menu: group 0 in '%.*s' (-1 = whole rows)", (int)len, s);
+                if (st.grid.scheme == QUANT_NF4 && bits[b] != 4) return err_set(errp, "menu: nf4 has 4 bits");
                 st.grid.bits = (int)bits[b];
                 st.grid.group = (int)groups[g];
                 st.outliers = (int)outl[o];
@@ -104,7 +95,7 @@ int mix_menu_parse(const char *spec, mix_setting **menu, int *n, char **errp)
         if (len && parse_entry(s, len, menu, n, errp)) { free(*menu); *menu = NULL; *n = 0; return -1; }
         s += len + (e ? 1 : 0);
     }
-    if (*n == 0) return fail(errp, "menu: no settings in '%s'", spec);
+    if (*n == 0) return err_set(errp, "menu: no settings in '%s'", spec);
     return 0;
 }
 
@@ -168,7 +159,7 @@ int mix_dequantized(const mix_setting *s, const float *w, int64_t rows, int64_t 
     int32_t *idx = k ? malloc((size_t)k * sizeof *idx) : NULL;
     float *wz = k ? malloc(sz * sizeof *wz) : NULL;
     int rc = -1;
-    if (k && (!idx || !wz)) { fail(errp, "out of memory"); goto out; }
+    if (k && (!idx || !wz)) { err_set(errp, "out of memory"); goto out; }
     const float *src = w;
     if (k) {   // outlier columns out of the grid's ranges
         mix_outlier_columns(w, rows, cols, h, k, idx);
@@ -192,7 +183,7 @@ int mix_dequantized(const mix_setting *s, const float *w, int64_t rows, int64_t 
         float *sc = malloc((size_t)(rows * ng) * sizeof *sc), *zr = malloc((size_t)(rows * ng) * sizeof *zr);
         int r = !codes || !sc || !zr ? -2 : quant_rtn(&s->grid, NULL, src, rows, cols, codes, sc, zr, q, threads, errp);
         free(codes); free(sc); free(zr);
-        if (r == -2) fail(errp, "out of memory");
+        if (r == -2) err_set(errp, "out of memory");
         if (r) goto out;
     }
     for (int64_t r = 0; r < rows; r++)   // the kept columns, as f16
@@ -209,7 +200,7 @@ int mix_tensor_losses(const float *w, int64_t rows, int64_t cols, const float *h
                       double *loss, char **errp)
 {
     float *deq = malloc((size_t)(rows * cols) * sizeof *deq);
-    if (!deq) return fail(errp, "out of memory");
+    if (!deq) return err_set(errp, "out of memory");
     int rc = -1;
     for (int k = 0; k < n; k++) {
         const mix_setting *s = &menu[k];
@@ -219,7 +210,7 @@ int mix_tensor_losses(const float *w, int64_t rows, int64_t cols, const float *h
         if (use_gptq && s->outliers && s->grid.scheme == QUANT_INT) { loss[k] = INFINITY; continue; }
         if (mix_dequantized(s, w, rows, cols, h, use_gptq, threads, deq, errp)) goto out;
         loss[k] = awq_output_error(w, deq, rows, cols, h, threads);
-        if (isnan(loss[k])) { fail(errp, "out of memory"); goto out; }
+        if (isnan(loss[k])) { err_set(errp, "out of memory"); goto out; }
     }
     rc = 0;
 out:
@@ -249,11 +240,11 @@ int mix_solve(int nitems, const int *nch, const uint64_t *const *size, const dou
                 if (size[i][c] < m) m = size[i][c];
                 g = gcd64(g, size[i][c]);
             }
-        if (m == UINT64_MAX) return fail(errp, "item %d has no allowed setting", i);
+        if (m == UINT64_MAX) return err_set(errp, "item %d has no allowed setting", i);
         minsum += m;
     }
     if (minsum > budget)
-        return fail(errp, "budget %llu bits is below the smallest allocation (%llu bits)",
+        return err_set(errp, "budget %llu bits is below the smallest allocation (%llu bits)",
                     (unsigned long long)budget, (unsigned long long)minsum);
     // unit: the gcd (exact) unless the table would be too large
     uint64_t u = g ? g : 1;
@@ -267,7 +258,7 @@ int mix_solve(int nitems, const int *nch, const uint64_t *const *size, const dou
     const size_t W = (size_t)B + 1;
     double *dp = malloc(W * sizeof *dp), *nx = malloc(W * sizeof *nx);
     uint8_t *pick = malloc((size_t)nitems * W);
-    if (!dp || !nx || !pick) { free(dp); free(nx); free(pick); return fail(errp, "out of memory"); }
+    if (!dp || !nx || !pick) { free(dp); free(nx); free(pick); return err_set(errp, "out of memory"); }
     // dp[b] = least loss of items 0..i-1 with total units <= b
     for (size_t b = 0; b < W; b++) dp[b] = 0;
     for (int i = 0; i < nitems; i++) {
@@ -288,7 +279,7 @@ int mix_solve(int nitems, const int *nch, const uint64_t *const *size, const dou
         double *t = dp; dp = nx; nx = t;
     }
     int rc = 0;
-    if (!isfinite(dp[B])) rc = fail(errp, "no allocation fits the budget with %llu-bit units", (unsigned long long)u);
+    if (!isfinite(dp[B])) rc = err_set(errp, "no allocation fits the budget with %llu-bit units", (unsigned long long)u);
     else {
         size_t b = (size_t)B;
         for (int i = nitems - 1; i >= 0; i--) {

@@ -7,6 +7,7 @@
  * mask selection (the `begin` and `column` callbacks) and the joint quantizer.
  */
 #include "prune.h"
+#include "err.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -18,23 +19,6 @@
 #include "gptq.h"
 
 #define PRUNE_MAX_M 256      /* largest M of N:M (one run is scored on the stack) */
-
-static char *prune_errf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *prune_errf(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return strdup(buf);
-}
-
-static int fail(char **errp, char *msg)
-{
-    if (errp) *errp = msg; else free(msg);
-    return -1;
-}
 
 /*-*** Options ***/
 
@@ -70,25 +54,25 @@ const char *prune_pattern_name(const prune_opts *o, char *buf, size_t len)
 
 int prune_opts_check(const prune_opts *o, int64_t cols, char **errp)
 {
-    if ((unsigned)o->method > PRUNE_SPARSEGPT) return fail(errp, prune_errf("prune: unknown method"));
+    if ((unsigned)o->method > PRUNE_SPARSEGPT) return err_set(errp, "prune: unknown method");
     if (!(o->ratio >= 0.0 && o->ratio < 1.0))
-        return fail(errp, prune_errf("prune: sparsity %g is outside [0, 1)", o->ratio));
+        return err_set(errp, "prune: sparsity %g is outside [0, 1)", o->ratio);
     if (o->nm_m && (o->nm_n < 1 || o->nm_n >= o->nm_m || o->nm_m > PRUNE_MAX_M))
-        return fail(errp, prune_errf("prune: N:M needs 0 < N < M <= %d (got %d:%d)", PRUNE_MAX_M,
-                                     o->nm_n, o->nm_m));
-    if (o->nm_m && o->per_layer) return fail(errp, prune_errf("prune: N:M is per row; per-layer means nothing"));
+        return err_set(errp, "prune: N:M needs 0 < N < M <= %d (got %d:%d)", PRUNE_MAX_M,
+                                     o->nm_n, o->nm_m);
+    if (o->nm_m && o->per_layer) return err_set(errp, "prune: N:M is per row; per-layer means nothing");
     if (cols && o->nm_m && cols % o->nm_m)
-        return fail(errp, prune_errf("prune: %lld input columns are not a multiple of M = %d",
-                                     (long long)cols, o->nm_m));
+        return err_set(errp, "prune: %lld input columns are not a multiple of M = %d",
+                                     (long long)cols, o->nm_m);
     if (o->method == PRUNE_SPARSEGPT) {
-        if (o->block < 1 || !(o->damp >= 0.0)) return fail(errp, prune_errf("prune: block must be >= 1, damp >= 0"));
+        if (o->block < 1 || !(o->damp >= 0.0)) return err_set(errp, "prune: block must be >= 1, damp >= 0");
         if (o->nm_m && o->block % o->nm_m)
-            return fail(errp, prune_errf("prune: SparseGPT block %d is not a multiple of M = %d", o->block, o->nm_m));
+            return err_set(errp, "prune: SparseGPT block %d is not a multiple of M = %d", o->block, o->nm_m);
     }
     if (o->quant) {
-        if (o->method != PRUNE_SPARSEGPT) return fail(errp, prune_errf("prune: joint quantization is SparseGPT's"));
+        if (o->method != PRUNE_SPARSEGPT) return err_set(errp, "prune: joint quantization is SparseGPT's");
         if (o->quant->scheme != QUANT_INT || o->quant->act_order)
-            return fail(errp, prune_errf("prune: joint quantization supports int grids without act order"));
+            return err_set(errp, "prune: joint quantization supports int grids without act order");
         if (quant_grid_check(o->quant, cols, errp)) return -1;
     }
     return 0;
@@ -214,7 +198,7 @@ static int prune_scores_per_layer(const score_job *j, char **errp)
     uint8_t *mask = malloc((size_t)n);
     if (!s || !scratch || !mask) {
         free(s); free(scratch); free(mask);
-        return fail(errp, prune_errf("prune: out of memory for %lld scores", (long long)n));
+        return err_set(errp, "prune: out of memory for %lld scores", (long long)n);
     }
     const float *x2 = j->o->method == PRUNE_WANDA ? j->st->x2_mean : NULL;
     for (int64_t r = 0; r < j->rows; r++) prune_score_row(j->w + r * j->cols, j->cols, x2, j->st->n_tokens, s + r * j->cols);
@@ -391,7 +375,7 @@ static int prune_sparsegpt(const prune_opts *o, float *w, int64_t rows, int64_t 
     sgpt_job j = { o, &hv, w, rows, cols, malloc((size_t)(rows * o->block)), o->quant ? q : NULL };
     int rc = -1;
     if (!j.mask || (o->quant && qresult_alloc(q, o->quant, rows, cols))) {
-        fail(errp, prune_errf("prune: out of memory for a %lld x %lld SparseGPT job", (long long)rows, (long long)cols));
+        err_set(errp, "prune: out of memory for a %lld x %lld SparseGPT job", (long long)rows, (long long)cols);
         goto out;
     }
     if (o->quant && o->quant->group < 0)   // sparsegpt.py: find_params(W) on the original rows
@@ -403,7 +387,7 @@ static int prune_sparsegpt(const prune_opts *o, float *w, int64_t rows, int64_t 
     openblas_set_num_threads(1);   // parallel over row blocks, one BLAS thread each
     if (quant_parallel_for((rows + d.rows_per_block - 1) / d.rows_per_block, o->threads,
                            sgpt_row_block, &d, &failed)) {
-        fail(errp, prune_errf("prune: SparseGPT row block %lld failed (out of memory)", (long long)failed));
+        err_set(errp, "prune: SparseGPT row block %lld failed (out of memory)", (long long)failed);
         goto out;
     }
     rc = 0;
@@ -422,19 +406,19 @@ int prune_matrix(const prune_opts *o, float *w, int64_t rows, int64_t cols,
     static const prune_stats none = { NULL, 0, NULL };
     if (!st) st = &none;
     if (prune_opts_check(o, cols, errp)) return -1;
-    if (rows < 1 || cols < 1) return fail(errp, prune_errf("prune: empty matrix"));
+    if (rows < 1 || cols < 1) return err_set(errp, "prune: empty matrix");
     if (o->method == PRUNE_WANDA && (!st->x2_mean || st->n_tokens < 1))
-        return fail(errp, prune_errf("prune: Wanda needs x2_mean and n_tokens statistics"));
+        return err_set(errp, "prune: Wanda needs x2_mean and n_tokens statistics");
     if (o->method == PRUNE_SPARSEGPT) {
-        if (!st->hessian) return fail(errp, prune_errf("prune: SparseGPT needs a Hessian"));
-        if (o->quant && !q) return fail(errp, prune_errf("prune: joint quantization needs a result"));
+        if (!st->hessian) return err_set(errp, "prune: SparseGPT needs a Hessian");
+        if (o->quant && !q) return err_set(errp, "prune: joint quantization needs a result");
         return prune_sparsegpt(o, w, rows, cols, st, q, errp);
     }
     score_job j = { o, w, rows, cols, st };
     if (o->per_layer) return prune_scores_per_layer(&j, errp);
     int64_t failed;
     if (quant_parallel_for((rows + PRUNE_ROW_BLOCK - 1) / PRUNE_ROW_BLOCK, o->threads, score_row_block, &j, &failed))
-        return fail(errp, prune_errf("prune: row block %lld failed (out of memory)", (long long)failed));
+        return err_set(errp, "prune: row block %lld failed (out of memory)", (long long)failed);
     return 0;
 }
 
@@ -453,13 +437,13 @@ void prune_channel_scores(const float *w, int64_t rows, int64_t cols,
 int prune_keep_largest(const double *s, int64_t n, int64_t nkeep, int64_t *keep, char **errp)
 {
     if (nkeep < 1 || nkeep > n)
-        return fail(errp, prune_errf("prune: cannot keep %lld of %lld channels", (long long)nkeep, (long long)n));
+        return err_set(errp, "prune: cannot keep %lld of %lld channels", (long long)nkeep, (long long)n);
     int64_t *scratch = malloc((size_t)n * sizeof *scratch);
     double *neg = calloc((size_t)n, sizeof *neg);
     uint8_t *kept = malloc((size_t)n);
     if (!scratch || !neg || !kept) {
         free(scratch); free(neg); free(kept);
-        return fail(errp, prune_errf("prune: out of memory"));
+        return err_set(errp, "prune: out of memory");
     }
     // the nkeep smallest of -s (ties: the lower index first)
     for (int64_t c = 0; c < n; c++) neg[c] = -s[c];

@@ -7,6 +7,7 @@
  * OCP FP8 (e4m3fn max 448, e5m2 max 57344) for FP8 per-channel scaling.
  */
 #include "quant.h"
+#include "err.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -17,22 +18,6 @@
 #include <string.h>
 
 #include "dtype.h"
-
-static char *quant_errf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *quant_errf(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return strdup(buf);
-}
-
-static void set_err(char **errp, char *msg)
-{
-    if (errp) *errp = msg; else free(msg);
-}
 
 /*-*** Grid descriptor ***/
 
@@ -73,43 +58,43 @@ int quant_grid_check(const quant_grid *g, int64_t cols, char **errp)
     switch (g->scheme) {
     case QUANT_INT:
         if (g->bits < 2 || g->bits > 8) {
-            set_err(errp, quant_errf("bits %d out of range 2..8", g->bits));
+            err_set(errp, "bits %d out of range 2..8", g->bits);
             return -1;
         }
         break;
     case QUANT_NF4:
         if (g->act_order) {
-            set_err(errp, quant_errf("nf4 does not support act_order"));
+            err_set(errp, "nf4 does not support act_order");
             return -1;
         }
         break;
     case QUANT_FP8:
         if (g->group != -1 && g->group != 0) {
-            set_err(errp, quant_errf("fp8 needs group -1 (per row) or 0 (per tensor), not %d", g->group));
+            err_set(errp, "fp8 needs group -1 (per row) or 0 (per tensor), not %d", g->group);
             return -1;
         }
         if (g->act_order) {
-            set_err(errp, quant_errf("fp8 does not support act_order"));
+            err_set(errp, "fp8 does not support act_order");
             return -1;
         }
         return 0;
     case QUANT_GGUF:
         if (cols > 0 && cols % 32 != 0) {
-            set_err(errp, quant_errf("%s needs columns divisible by 32, have %lld",
-                                     g->gguf_type, (long long)cols));
+            err_set(errp, "%s needs columns divisible by 32, have %lld",
+                                     g->gguf_type, (long long)cols);
             return -1;
         }
         return 0;
     default:
-        set_err(errp, quant_errf("unknown quantization scheme"));
+        err_set(errp, "unknown quantization scheme");
         return -1;
     }
     if (g->group == 0 || g->group < -1) {
-        set_err(errp, quant_errf("group %d must be -1 or positive", g->group));
+        err_set(errp, "group %d must be -1 or positive", g->group);
         return -1;
     }
     if (g->static_groups && !g->act_order) {
-        set_err(errp, quant_errf("static groups only make sense with act_order"));
+        err_set(errp, "static groups only make sense with act_order");
         return -1;
     }
     return 0;
@@ -152,11 +137,11 @@ static int json_get_int(const json_t *q, const char *key, int *v, int required, 
     json_t *x = json_object_get(q, key);
     if (!x) {
         if (!required) return 0;
-        set_err(errp, quant_errf("quant: missing '%s'", key));
+        err_set(errp, "quant: missing '%s'", key);
         return -1;
     }
     if (!json_is_integer(x)) {
-        set_err(errp, quant_errf("quant: '%s' is not an integer", key));
+        err_set(errp, "quant: '%s' is not an integer", key);
         return -1;
     }
     *v = (int)json_integer_value(x);
@@ -168,7 +153,7 @@ static int json_get_bool(const json_t *q, const char *key, int *v, char **errp)
     json_t *x = json_object_get(q, key);
     if (!x) return 0;
     if (!json_is_boolean(x)) {
-        set_err(errp, quant_errf("quant: '%s' is not a boolean", key));
+        err_set(errp, "quant: '%s' is not a boolean", key);
         return -1;
     }
     *v = json_is_true(x);
@@ -179,13 +164,13 @@ int quant_grid_from_json(const json_t *q, quant_grid *g, char **errp)
 {
     quant_grid_default(g);
     if (!json_is_object(q)) {
-        set_err(errp, quant_errf("quant: not an object"));
+        err_set(errp, "quant: not an object");
         return -1;
     }
     const char *scheme = json_string_value(json_object_get(q, "scheme"));
     const char *method = json_string_value(json_object_get(q, "method"));
     if (!scheme) {
-        set_err(errp, quant_errf("quant: missing 'scheme'"));
+        err_set(errp, "quant: missing 'scheme'");
         return -1;
     }
     snprintf(g->method, sizeof g->method, "%s", method ? method : "rtn");
@@ -203,7 +188,7 @@ int quant_grid_from_json(const json_t *q, quant_grid *g, char **errp)
         g->scheme = QUANT_FP8;
         g->bits = 8;
         if (!fmt || (strcmp(fmt, "e4m3") && strcmp(fmt, "e5m2"))) {
-            set_err(errp, quant_errf("quant: fp8 'format' must be \"e4m3\" or \"e5m2\""));
+            err_set(errp, "quant: fp8 'format' must be \"e4m3\" or \"e5m2\"");
             return -1;
         }
         g->fp8_format = strcmp(fmt, "e5m2") == 0 ? DT_F8_E5M2 : DT_F8_E4M3;
@@ -212,11 +197,11 @@ int quant_grid_from_json(const json_t *q, quant_grid *g, char **errp)
     } else if (strcmp(scheme, "gguf") == 0) {
         const char *type = json_string_value(json_object_get(q, "type"));
         if (!type || quant_grid_set_scheme(g, type) != 0) {
-            set_err(errp, quant_errf("quant: gguf 'type' missing or unknown"));
+            err_set(errp, "quant: gguf 'type' missing or unknown");
             return -1;
         }
     } else {
-        set_err(errp, quant_errf("quant: unknown scheme '%s'", scheme));
+        err_set(errp, "quant: unknown scheme '%s'", scheme);
         return -1;
     }
     return quant_grid_check(g, 0, errp);
@@ -477,7 +462,7 @@ int quant_rtn(const quant_grid *g, const quant_scale_opts *o,
 {
     if (quant_grid_check(g, cols, errp)) return -1;
     if (g->scheme == QUANT_GGUF) {
-        set_err(errp, quant_errf("gguf grids are not quantized by quant_rtn"));
+        err_set(errp, "gguf grids are not quantized by quant_rtn");
         return -1;
     }
     rtn_job j = { g, o, w, rows, cols, quant_ngroups(g, cols), codes, scales, zeros, deq, 1.0f };
@@ -488,7 +473,7 @@ int quant_rtn(const quant_grid *g, const quant_scale_opts *o,
     int64_t failed;
     if (quant_parallel_for((rows + RTN_BLOCK_ROWS - 1) / RTN_BLOCK_ROWS, threads, rtn_block, &j,
                            &failed)) {
-        set_err(errp, quant_errf("rtn: row block %lld failed", (long long)failed));
+        err_set(errp, "rtn: row block %lld failed", (long long)failed);
         return -1;
     }
     return 0;
