@@ -14,23 +14,6 @@
 
 #define DATA "tests/data/gguf/"
 
-static void *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc((size_t)n + 1);
-    if (p && fread(p, 1, (size_t)n, f) != (size_t)n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return p;
-}
 
 /* ggml test-quantize-fns.cpp style data: 0.1 + 2 cos(i + offset). */
 static void cos_data(float *x, int64_t n, float offset)
@@ -54,10 +37,10 @@ static void noisy_data(float *x, int64_t n, uint32_t seed)
 TEST(gold_llama_quantize_bytes)
 {
     size_t jl, il, ml, bl;
-    char *js = slurp(DATA "excerpts.json", &jl);
-    float *in = slurp(DATA "inputs.bin", &il);
-    float *im = slurp(DATA "imatrix.bin", &ml);
-    uint8_t *blk = slurp(DATA "blocks.bin", &bl);
+    char *js = tl_slurp(DATA "excerpts.json", &jl);
+    float *in = tl_slurp(DATA "inputs.bin", &il);
+    float *im = tl_slurp(DATA "imatrix.bin", &ml);
+    uint8_t *blk = tl_slurp(DATA "blocks.bin", &bl);
     CHECK(js && in && im && blk);
     if (!js || !in || !im || !blk)
         return;
@@ -119,9 +102,9 @@ TEST(gold_llama_quantize_bytes)
 TEST(gold_needs_qk_permutation)
 {
     size_t jl, il, bl;
-    char *js = slurp(DATA "excerpts.json", &jl);
-    float *in = slurp(DATA "inputs.bin", &il);
-    uint8_t *blk = slurp(DATA "blocks.bin", &bl);
+    char *js = tl_slurp(DATA "excerpts.json", &jl);
+    float *in = tl_slurp(DATA "inputs.bin", &il);
+    uint8_t *blk = tl_slurp(DATA "blocks.bin", &bl);
     CHECK(js && in && blk);
     if (!js || !in || !blk)
         return;

@@ -19,23 +19,6 @@
 #define HEADER_EXCERPT "tests/data/gguf/ts3m-q4_k_m.header"
 #define FIXTURE_SIZE   2284352u           /* ts3m-q4_k_m.gguf */
 
-static void *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc((size_t)n + 1);
-    if (p && fread(p, 1, (size_t)n, f) != (size_t)n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return p;
-}
 
 /*-*** Facts of ts3m-q4_k_m.gguf, printed by tests/tools/gguf_facts.py ***/
 
@@ -98,7 +81,7 @@ static const struct { const char *name; int type, n_dims; int64_t ne0, ne1; uint
 static gguf_file *open_fixture_header(char **buf)
 {
     size_t len;
-    *buf = slurp(HEADER_EXCERPT, &len);
+    *buf = tl_slurp(HEADER_EXCERPT, &len);
     if (!*buf)
         return NULL;
     char *err = NULL;
@@ -156,7 +139,7 @@ TEST(fixture_header_facts)
     /* the excerpt without the claimed size: the data is missing, so it is refused */
     char *err = NULL;
     size_t len;
-    char *b2 = slurp(HEADER_EXCERPT, &len);
+    char *b2 = tl_slurp(HEADER_EXCERPT, &len);
     gguf_file *g = gguf_file_parse(b2, len, "excerpt", &err);
     CHECK(g == NULL && err && strstr(err, "past the end"));
     free(err);
@@ -237,7 +220,7 @@ TEST(write_read_roundtrip)
 
     /* raw bytes: magic, version, counts */
     size_t len;
-    uint8_t *raw = slurp(path, &len);
+    uint8_t *raw = tl_slurp(path, &len);
     uint32_t ver;
     uint64_t nt, nkv;
     memcpy(&ver, raw + 4, 4);
@@ -311,7 +294,7 @@ TEST(write_read_roundtrip)
     CHECK(gguf_writer_write_header(g2, fd, &err) == 0);
     close(fd);
     size_t l1, l2;
-    uint8_t *h1 = slurp(path, &l1), *h2 = slurp(path2, &l2);
+    uint8_t *h1 = tl_slurp(path, &l1), *h2 = tl_slurp(path2, &l2);
     CHECK(l2 == gguf_writer_header_size(g2) && l1 > l2 && memcmp(h1, h2, l2) == 0);
     free(h1);
     free(h2);
@@ -566,7 +549,7 @@ TEST(qk_permutation)
 TEST(llama_metadata_matches_fixture)
 {
     size_t len;
-    char *cfg = slurp("tests/data/ts3m-bf16/config.json", &len);
+    char *cfg = tl_slurp("tests/data/ts3m-bf16/config.json", &len);
     CHECK(cfg != NULL);
     if (!cfg)
         return;

@@ -12,26 +12,6 @@
 
 #define TS3M "tests/data/ts3m-bf16"
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = '\0';
-        *len = (size_t)n;
-    }
-    return buf;
-}
 
 static double now_s(void)
 {
@@ -99,8 +79,8 @@ TEST(eval_txt_matches_reference_ids)
 {
     tokenizer *tk = ts3m();
     size_t tlen = 0, rlen = 0;
-    char *text = slurp("tests/data/text/eval.txt", &tlen);
-    unsigned char *ref = (unsigned char *)slurp("tests/data/text/eval.tokens.u32", &rlen);
+    char *text = tl_slurp("tests/data/text/eval.txt", &tlen);
+    unsigned char *ref = (unsigned char *)tl_slurp("tests/data/text/eval.tokens.u32", &rlen);
     CHECK(tk && text && ref && rlen % 4 == 0);
     if (!tk || !text || !ref)
         goto out;
@@ -139,7 +119,7 @@ TEST(eval_and_calib_round_trip)
     CHECK(tk);
     for (int i = 0; tk && i < 2; i++) {
         size_t len = 0;
-        char *text = slurp(files[i], &len);
+        char *text = tl_slurp(files[i], &len);
         CHECK(text && len > 1000);
         CHECK_MSG(text && round_trips(tk, text, len), "%s", files[i]);
         free(text);
@@ -323,8 +303,8 @@ static tokenizer *ts3m_metaspace(const char *scheme, int split)
 TEST(metaspace_variants_match_reference)
 {
     size_t tlen = 0, rlen = 0;
-    char *text = slurp("tests/data/text/eval.txt", &tlen);
-    unsigned char *ref = (unsigned char *)slurp("tests/data/text/eval.tokens.u32", &rlen);
+    char *text = tl_slurp("tests/data/text/eval.txt", &tlen);
+    unsigned char *ref = (unsigned char *)tl_slurp("tests/data/text/eval.tokens.u32", &rlen);
     static const char *schemes[] = { "first", "always" };
     CHECK(text && ref);
     for (int v = 0; text && ref && v < 4; v++) {
@@ -596,7 +576,7 @@ TEST(gpt2_round_trips_any_text)
     }
     /* the whole of eval.txt through the regex path: fast, and round trips */
     size_t tlen = 0;
-    char *text = slurp("tests/data/text/eval.txt", &tlen);
+    char *text = tl_slurp("tests/data/text/eval.txt", &tlen);
     CHECK(text);
     if (tk && text) {
         uint32_t *ids = NULL;

@@ -24,4 +24,20 @@ static int tl_failed_tests, tl_passed_tests, tl_cur_failed;
     if (tl_cur_failed) { tl_failed_tests++; printf("not ok - %s\n", #name); } \
     else { tl_passed_tests++; printf("ok - %s\n", #name); } fflush(stdout); } while (0)
 static inline int tl_summary(void) { return tl_failed_tests ? 1 : 0; }
+
+/* A whole file in memory, NUL-terminated (not counted in *len); NULL if it
+ * cannot be read. */
+static inline void *tl_slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
+    fclose(f);
+    if (buf) { buf[n] = '\0'; *len = (size_t)n; }
+    return buf;
+}
 #endif
