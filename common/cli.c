@@ -214,9 +214,17 @@ static void cleanup_outputs(void)
         }
 }
 
+/* In a signal handler only async-signal-safe calls: unlink the temporary
+ * files (newest first: shard files inside a temporary directory go before
+ * it), then rmdir the directories. Carried files are written into a
+ * directory in the last moments before its rename; a signal exactly then
+ * leaves that directory behind (die() paths use remove_tree and do not). */
 static void on_signal(int sig)
 {
-    cleanup_outputs();
+    for (int i = MAX_OUTPUTS - 1; i >= 0; i--)
+        if (live_outputs[i] && live_outputs[i]->tmp && !live_outputs[i]->is_dir) unlink(live_outputs[i]->tmp);
+    for (int i = MAX_OUTPUTS - 1; i >= 0; i--)
+        if (live_outputs[i] && live_outputs[i]->tmp && live_outputs[i]->is_dir) rmdir(live_outputs[i]->tmp);
     signal(sig, SIG_DFL);
     raise(sig);
 }

@@ -784,6 +784,8 @@ static void write_safetensors(const struct cmdline *c, qs_reader **rs, qs_header
         out_dir_commit(&dir);
     }
     for (int k = 0; k < n; k++) qs_tensor_clear(&ts[k]);
+    for (int k = 0; k < L.nshards; k++) free(L.names[k]);
+    free(L.names); free(L.files); free(L.shard_of); free(L.offset);
     free(ts);
     free(map);
 }
