@@ -150,6 +150,39 @@ werr:
     die("stdout: %s", qs_writer_error(w));
 }
 
+static void dry_run(const struct cmdline *c, const pick *picks, int npicks)
+{
+    plan *p = plan_new("qcat", 1, c->chunk ? c->chunk : QS_DEFAULT_CHUNK);
+    for (int i = 0; i < npicks; i++)
+        if (picks[i].selected) {
+            const qs_tensor *t = &picks[i].src->tensors[picks[i].idx];
+            plan_add(p, t->name, "copy", 0, 0, qs_tensor_nbytes(t), qs_tensor_nbytes(t));
+        }
+    plan_print(p, stdout, verbosity > 1);
+}
+
+static void stream_all(const struct cmdline *c, const qs_header *h, const pick *picks, int npicks, uint64_t ntot,
+                       uint64_t total)
+{
+    if (!c->force) refuse_tty(1, "qstream");
+    char *err = NULL;
+    qs_writer *w = qs_writer_open_fd(1, h, c->chunk, &err);
+    if (!w) { exit_if_epipe(errno); die("stdout: %s", err); }
+    size_t bufsize = c->chunk ? c->chunk : QS_DEFAULT_CHUNK;
+    uint8_t *buf = malloc(bufsize);
+    progress_start(ntot, total);
+    uint64_t done_b = 0, done_t = 0;
+    for (int i = 0; i < npicks; i++) {
+        if (!picks[i].selected) continue;
+        write_tensor(w, picks[i].src, picks[i].idx, buf, bufsize);
+        done_b += qs_tensor_nbytes(&picks[i].src->tensors[picks[i].idx]);
+        progress_update(++done_t, done_b);
+    }
+    progress_end();
+    if (qs_writer_close(w, &err) < 0) { exit_if_epipe(errno); die("stdout: %s", err); }
+    free(buf);
+}
+
 int main(int argc, char **argv)
 {
     struct cmdline c;
@@ -189,43 +222,12 @@ int main(int argc, char **argv)
             total += qs_tensor_nbytes(&picks[i].src->tensors[picks[i].idx]);
             ntot++;
         }
-    if (c.dry_run) {
-        size_t chunk = c.chunk ? c.chunk : QS_DEFAULT_CHUNK;
-        plan *p = plan_new("qcat", 1, chunk);
-        for (int i = 0; i < npicks; i++)
-            if (picks[i].selected) {
-                const qs_tensor *t = &picks[i].src->tensors[picks[i].idx];
-                plan_add(p, t->name, "copy", 0, 0, qs_tensor_nbytes(t), qs_tensor_nbytes(t));
-            }
-        plan_print(p, stdout, verbosity > 1);
-        close_stdout_or_die();
-        return EXIT_OK;
-    }
-    if (c.list) {
-        list_manifest(&h, c.json);
-        close_stdout_or_die();
-        return EXIT_OK;
-    }
-
-    /* stream them */
-    if (!c.force) refuse_tty(1, "qstream");
-    char *err = NULL;
-    qs_writer *w = qs_writer_open_fd(1, &h, c.chunk, &err);
-    if (!w) { exit_if_epipe(errno); die("stdout: %s", err); }
-    size_t bufsize = c.chunk ? c.chunk : QS_DEFAULT_CHUNK;
-    uint8_t *buf = malloc(bufsize);
-    progress_start(ntot, total);
-    uint64_t done_b = 0, done_t = 0;
-    for (int i = 0; i < npicks; i++) {
-        if (!picks[i].selected) continue;
-        write_tensor(w, picks[i].src, picks[i].idx, buf, bufsize);
-        done_b += qs_tensor_nbytes(&picks[i].src->tensors[picks[i].idx]);
-        progress_update(++done_t, done_b);
-    }
-    progress_end();
-    if (qs_writer_close(w, &err) < 0) { exit_if_epipe(errno); die("stdout: %s", err); }
+    if (c.dry_run) dry_run(&c, picks, npicks);
+    else if (c.list) list_manifest(&h, c.json);
+    else stream_all(&c, &h, picks, npicks, ntot, total);
+    if (c.dry_run || c.list) close_stdout_or_die();
     for (int i = 0; i < c.nsrcs; i++) qsrc_close(srcs[i]);
-    free(buf); free(srcs); free(picks); free(c.srcs);
+    free(srcs); free(picks); free(c.srcs);
     qs_header_clear(&h);
     return EXIT_OK;
 }
