@@ -211,6 +211,10 @@ static int config_parse(const char *text, size_t len, llama_model *m, char **err
         json_num(cfg, "rope_theta", 10000, &theta, errp) < 0 ||
         config_rope_scaling(cfg, m, errp) < 0)
         goto out;
+    if (c->n_layers > 4096) {     /* before anything is sized by it (largest real models: ~200) */
+        err_set(errp, "config.json: num_hidden_layers %d is not a plausible model", c->n_layers);
+        goto out;
+    }
     if (act && strcmp(act, "silu")) {
         err_set(errp, "config.json: unsupported hidden_act '%s' (only silu)", act);
         goto out;
