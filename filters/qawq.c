@@ -443,7 +443,7 @@ static void enqueue(state *S, const qs_tensor *t, int role, int li)
     if (!it || qs_tensor_copy(&it->t, t)) die("out of memory");
     it->role = role;
     it->layer = li;
-    if (!(it->raw = qs_reader_read_all(S->r, &len))) die("stdin: %s", qs_reader_error(S->r));
+    if (!(it->raw = qs_reader_read_all(S->r, &len))) die("%s", qs_reader_error(S->r));
     if (role >= 0) {
         const int64_t n = qs_numel(t->ndim, t->shape);
         if (t->nparts != 1 || len != (size_t)n * dtype_size(t->dtype))
@@ -488,7 +488,7 @@ static void process_stream(state *S)
             process_layer(S, &S->layers[li]);
         flush_ready(S, &done);
     }
-    if (rc < 0) die("stdin: %s", qs_reader_error(S->r));
+    if (rc < 0) die("%s", qs_reader_error(S->r));
     for (int i = 0; i < S->nlayers; i++)
         if (!S->layers[i].done && S->layers[i].arrived) process_layer(S, &S->layers[i]);
     flush_ready(S, &done);

@@ -269,7 +269,7 @@ static float *read_weight_f32(qs_reader *r, const qs_tensor *t, int64_t numel)
 {
     size_t len;
     void *raw = qs_reader_read_all(r, &len);
-    if (!raw) die("stdin: %s", qs_reader_error(r));
+    if (!raw) die("%s", qs_reader_error(r));
     if (t->nparts != 1 || len != (size_t)numel * dtype_size(t->dtype))
         die("'%s': expected one data part of %lld values", t->name, (long long)numel);
     float *w = malloc((size_t)numel * sizeof *w);
@@ -383,7 +383,7 @@ int main(int argc, char **argv)
             copy_tensor(r, w);
         progress_update(++done, 0);
     }
-    if (rc < 0) die("stdin: %s", qs_reader_error(r));
+    if (rc < 0) die("%s", qs_reader_error(r));
     progress_end();
     if (qs_writer_close(w, &err) < 0) { exit_if_epipe(errno); die("stdout: %s", err); }
     qs_reader_close(r);

@@ -156,7 +156,7 @@ static float *read_f32(qs_reader *r, const qs_tensor *t, void **rawp)
     size_t len;
     const int64_t n = qs_numel(t->ndim, t->shape);
     void *raw = qs_reader_read_all(r, &len);
-    if (!raw) die("stdin: %s", qs_reader_error(r));
+    if (!raw) die("%s", qs_reader_error(r));
     if (len != (size_t)n * dtype_size(t->dtype)) die("'%s': expected %lld values", t->name, (long long)n);
     float *w = malloc((size_t)(n ? n : 1) * sizeof *w);
     if (!w) die("'%s': out of memory", t->name);
@@ -204,7 +204,7 @@ static void measure(state *S, qs_reader *r, qs_writer *spool)
         free(w);
         progress_update(++done, 0);
     }
-    if (rc < 0) die("stdin: %s", qs_reader_error(r));
+    if (rc < 0) die("%s", qs_reader_error(r));
 }
 
 /*-*** --measure-*: end-to-end calibration of the estimates ***/

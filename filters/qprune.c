@@ -647,7 +647,7 @@ static void *read_raw(qs_reader *r, const qs_tensor *t)
 {
     size_t len;
     void *raw = qs_reader_read_all(r, &len);
-    if (!raw && qs_tensor_nbytes(t) > 0) die("stdin: %s", qs_reader_error(r));
+    if (!raw && qs_tensor_nbytes(t) > 0) die("%s", qs_reader_error(r));
     return raw ? raw : malloc(1);
 }
 
@@ -708,7 +708,7 @@ static void process_stream(const struct cmdline *c, const splan *sp, const stats
         }
         progress_update(++done, 0);
     }
-    if (rc < 0) die("stdin: %s", qs_reader_error(r));
+    if (rc < 0) die("%s", qs_reader_error(r));
     if (qu.n) {
         char prefix[256];
         const role ro = role_of(sp, qu.q[qu.head].t.name, prefix, sizeof prefix);
