@@ -167,6 +167,12 @@ void write_or_die(int fd, const void *buf, size_t n, const char *what)
     }
 }
 
+void writer_die(const qs_writer *w)
+{
+    exit_if_epipe(qs_writer_errno(w));
+    die("stdout: %s", qs_writer_error(w));
+}
+
 void refuse_tty(int fd, const char *what)
 {
     if (isatty(fd))

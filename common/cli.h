@@ -43,6 +43,9 @@ void die_free(char *msg) __attribute__((noreturn));
 void write_or_die(int fd, const void *buf, size_t n, const char *what);
 /* If err is EPIPE, exit quietly as a broken pipe would. */
 void exit_if_epipe(int err);
+/* A stream write on stdout failed: exit quietly on EPIPE, else die with the
+ * writer's message. */
+void writer_die(const qs_writer *w) __attribute__((noreturn));
 /* Refuse (die) if fd is a terminal: binary streams never go to a tty. */
 void refuse_tty(int fd, const char *what);
 /* At exit: flush/close stdout and report a write failure. */

@@ -311,12 +311,6 @@ static void build_header(state *S, const qs_header *in, int argc, char **argv, q
 
 /*-*** Processing a layer ***/
 
-static void writer_die(qs_writer *w) __attribute__((noreturn));
-static void writer_die(qs_writer *w)
-{
-    exit_if_epipe(qs_writer_errno(w));
-    die("stdout: %s", qs_writer_error(w));
-}
 
 /* Stats of a group's input, by the name of its first linear; dies on bad lengths. */
 static void group_stats(const state *S, const char *wname, int64_t cols, awq_input *in)

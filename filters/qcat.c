@@ -146,8 +146,7 @@ static void write_tensor(qs_writer *w, qsrc *s, int idx, uint8_t *buf, size_t bu
     if (qs_writer_end(w) < 0) goto werr;
     return;
 werr:
-    exit_if_epipe(qs_writer_errno(w));
-    die("stdout: %s", qs_writer_error(w));
+    writer_die(w);
 }
 
 static void dry_run(const struct cmdline *c, const pick *picks, int npicks)

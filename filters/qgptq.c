@@ -258,12 +258,6 @@ static void build_header(const struct cmdline *c, const stats *st, const qs_head
 
 /*-*** Quantizing one tensor ***/
 
-static void writer_die(qs_writer *w) __attribute__((noreturn));
-static void writer_die(qs_writer *w)
-{
-    exit_if_epipe(qs_writer_errno(w));
-    die("stdout: %s", qs_writer_error(w));
-}
 
 static float *read_weight_f32(qs_reader *r, const qs_tensor *t, int64_t numel)
 {

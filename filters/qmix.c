@@ -529,12 +529,6 @@ static void build_header(const state *S, const qs_header *in, int argc, char **a
     add_provenance_or_die(out, argc, argv);
 }
 
-static void writer_die(qs_writer *w) __attribute__((noreturn));
-static void writer_die(qs_writer *w)
-{
-    exit_if_epipe(qs_writer_errno(w));
-    die("stdout: %s", qs_writer_error(w));
-}
 
 static void write_quantized(const state *S, qs_reader *r, qs_writer *w, const qs_tensor *t,
                             const mtensor *m, const qs_tensor *q)

@@ -527,12 +527,6 @@ static void decide(const struct cmdline *c, const splan *sp, const stats *st, co
 
 /*-*** Processing one tensor ***/
 
-static void writer_die(qs_writer *w) __attribute__((noreturn));
-static void writer_die(qs_writer *w)
-{
-    exit_if_epipe(qs_writer_errno(w));
-    die("stdout: %s", qs_writer_error(w));
-}
 
 /* Apply the structured cut to raw bytes (returns a new buffer, frees raw). */
 static void *cut_raw(const qs_tensor *t, role r, const decision *d, void *raw, const qs_tensor *o)
