@@ -36,6 +36,7 @@
  */
 #include "calib.h"
 #include "cli.h"
+#include "plan.h"
 #include "llama.h"
 #include "qstream.h"
 #include "tokenizer.h"
@@ -61,6 +62,8 @@ static const char usage[] =
     "  --seed S           seed of the window offsets for --samples N (default 0)\n"
     "  --bins B           activation histogram bins, a power of two (default 2048)\n"
     "  --threads N        threads (default: all CPUs; output identical for any N)\n"
+    "  --dry-run          print the windows, peak memory (both modes) and a time estimate\n"
+    "                     from the config and the text; load no weights, write nothing\n"
     "  --stream-layers    never load the whole model: run all windows one layer at a\n"
     "                     time and write each layer's statistics when it is done\n"
     "                     (same output; memory ~ one layer + windows x seqlen x hidden x 4)\n"
@@ -74,7 +77,7 @@ static const char usage[] =
 struct cmdline {
     const char *model, *text, *tokens, *out;
     long samples;               /* 0 = all */
-    int seqlen, bins, threads, force, stream;
+    int seqlen, bins, threads, force, stream, dry_run;
     uint64_t seed;
 };
 
@@ -99,6 +102,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
             takes = 0;
             if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
             else if (!strcmp(a, "--stream-layers")) c->stream = 1;
+            else if (!strcmp(a, "--dry-run")) c->dry_run = 1;
             else if (a[0] == '-' && a[1]) usage_error("unknown option '%s' (or missing value)", a);
             else if (c->model) usage_error("one model only ('%s' and '%s')", c->model, a);
             else c->model = a;
@@ -328,7 +332,9 @@ static void run_layers(llama_model *m, const uint32_t *tok, const window *win, i
 }
 
 /* Peak estimates of the two orders (bytes), for -v. */
-static void print_estimates(const llama_config *c, int64_t total)
+/* Peak memory of both modes and the arithmetic of a run over `total` tokens:
+ * -v prints the memory before a run, --dry-run the whole plan instead of one. */
+static void print_estimates(const llama_config *c, int64_t total, int threads, int dry_run)
 {
     double qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
     double layer = 2.0 * c->dim * qd + 2.0 * c->dim * kvd + 3.0 * c->dim * c->hidden + 2.0 * c->dim;
@@ -339,6 +345,15 @@ static void print_estimates(const llama_config *c, int64_t total)
     double one = layer * 4 + hess * 8 + (double)total * c->dim * 4;
     info_msg("estimated peak: %.0f MiB whole model in memory, %.0f MiB with --stream-layers",
              all / 1048576.0, one / 1048576.0);
+    if (!dry_run) return;
+    /* forward: 2 flops per weight per token; Hessians: dsyrk, d² per token per input */
+    double flops = 2.0 * (layer * c->n_layers + (double)c->vocab * c->dim) * (double)total
+                   + hess * c->n_layers * (double)total;
+    printf("qcal --dry-run: %lld tokens through %d layers\n", (long long)total, c->n_layers);
+    printf("  peak memory  ~ %.0f MiB (whole model), %.0f MiB (--stream-layers)\n", all / 1048576.0,
+           one / 1048576.0);
+    printf("  time         ~ %.1f s (%.3g flops at %.0f GFLOP/s x %d threads)\n",
+           flops / (PLAN_GFLOPS * 1e9 * threads), flops, PLAN_GFLOPS, threads);
 }
 
 int main(int argc, char **argv)
@@ -348,7 +363,7 @@ int main(int argc, char **argv)
     parse_cmdline(argc, argv, &c);
     char *err = NULL;
     qs_header mh;
-    llama_model *m = c.stream ? llama_open_streamed(c.model, &mh, &err) : llama_open(c.model, &mh, &err);
+    llama_model *m = c.stream || c.dry_run ? llama_open_streamed(c.model, &mh, &err) : llama_open(c.model, &mh, &err);
     if (!m)
         die_free(err);
     const llama_config *cfg = llama_model_config(m);
@@ -361,7 +376,11 @@ int main(int argc, char **argv)
     int64_t total = 0;
     for (int i = 0; i < nw; i++)
         total += win[i].len;
-    print_estimates(cfg, total);
+    print_estimates(cfg, total, c.threads, c.dry_run);
+    if (c.dry_run) {
+        close_stdout_or_die();
+        return EXIT_OK;
+    }
     calib *cal = calib_new(c.bins, &err);
     if (!cal)
         die_free(err);

@@ -36,3 +36,11 @@ load helpers
     run bash -c "qawq --stats cal.qs --bits 4 --dry-run < m.qs"
     [ "$status" -eq 0 ] && [[ "${lines[0]}" == "qawq --dry-run: 39 tensors (36 processed, 3 copied)"* ]]
 }
+
+@test "qcal --dry-run estimates both memory modes without loading weights or writing stats" {
+    run qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" --dry-run -o cal.qs
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" == "qcal --dry-run: 16395 tokens through 4 layers" ]]
+    [[ "${lines[1]}" == *"(whole model)"*"(--stream-layers)" ]]
+    [ ! -e cal.qs ]
+}
