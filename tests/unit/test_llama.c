@@ -11,27 +11,13 @@
 #include "kernels.h"
 #include "llama.h"
 #include "ref_llama.h"
+#include "ref_source.h"
 #include "source.h"
 
 #define STORIES "tests/data/stories260k"
 #define TS3M    "tests/data/ts3m-bf16"
 #define STORIES_PPL 2.50596          /* stories260k/README.md */
 
-/* ------------------------------------------------------------------------
- * helpers */
-
-static uint32_t *read_u32(const char *path, int *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint32_t *v = malloc((size_t)len);
-    *n = (int)(fread(v, 1, (size_t)len, f) / 4);
-    fclose(f);
-    return v;
-}
 
 static llama_model *open_model(const char *path)
 {
@@ -44,25 +30,6 @@ static llama_model *open_model(const char *path)
     return m;
 }
 
-/* double weights for the reference, straight from the checkpoint */
-static double *src_get_d(void *ctx, const char *name)
-{
-    qsrc *s = ctx;
-    int i = qsrc_find(s, name);
-    if (i < 0) return NULL;
-    const qs_tensor *t = &s->tensors[i];
-    int64_t n = qs_numel(t->ndim, t->shape);
-    size_t nb = (size_t)qs_tensor_nbytes(t);
-    void *buf = malloc(nb);
-    float *f = malloc((size_t)n * sizeof *f);
-    double *d = malloc((size_t)n * sizeof *d);
-    char *err = NULL;
-    if (qsrc_read(s, i, 0, buf, nb, &err) < 0) { free(err); abort(); }
-    dtype_to_f32(t->dtype, buf, f, (size_t)n);
-    for (int64_t k = 0; k < n; k++) d[k] = f[k];
-    free(buf); free(f);
-    return d;
-}
 
 static ref_model *open_ref_stories(void)
 {

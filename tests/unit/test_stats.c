@@ -19,6 +19,7 @@
 #include "llama.h"
 #include "qstream.h"
 #include "ref_llama.h"
+#include "ref_source.h"
 #include "safetensors.h"
 #include "source.h"
 #include "stats.h"
@@ -29,37 +30,7 @@
 #define HID 172
 #define REL_FRO_TOL 1e-4
 
-static uint32_t *read_u32(const char *path, int *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint32_t *v = malloc((size_t)len);
-    *n = (int)(fread(v, 1, (size_t)len, f) / 4);
-    fclose(f);
-    return v;
-}
 
-static double *src_get_d(void *ctx, const char *name)
-{
-    qsrc *s = ctx;
-    int i = qsrc_find(s, name);
-    if (i < 0) return NULL;
-    const qs_tensor *t = &s->tensors[i];
-    int64_t n = qs_numel(t->ndim, t->shape);
-    size_t nb = (size_t)qs_tensor_nbytes(t);
-    void *buf = malloc(nb);
-    float *f = malloc((size_t)n * sizeof *f);
-    double *d = malloc((size_t)n * sizeof *d);
-    char *err = NULL;
-    if (qsrc_read(s, i, 0, buf, nb, &err) < 0) abort();
-    dtype_to_f32(t->dtype, buf, f, (size_t)n);
-    for (int64_t k = 0; k < n; k++) d[k] = f[k];
-    free(buf); free(f);
-    return d;
-}
 
 /* The float64 reference: input X (n, HID) of layer 4's down_proj over the
  * greedy tokens as one window, and H = Xᵀ X. */
