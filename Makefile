@@ -25,6 +25,8 @@ TOOL_BIN  = $(addprefix $(BIN)/,$(TOOLS))
 UNIT_SRC  = $(wildcard tests/unit/test_*.c)
 FUZZ_SRC  = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_NAMES = $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+# make fuzz FUZZ_TARGETS="gguf stats" runs only those targets
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
 # Each fuzz target also builds as a plain replay program (tests/fuzz/replay.c)
 # that runs its seed and regression corpora: part of the unit tests.
 UNIT_BIN  = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC)) \
@@ -65,7 +67,7 @@ build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRC)
 	  $< $(LIB_SRC) -o $@ $(LDLIBS)
 
 fuzz: deps
-	$(Q)for n in $(FUZZ_NAMES); do $(MAKE) --no-print-directory build-fuzz/fuzz_$$n || exit 1; \
+	$(Q)for n in $(FUZZ_TARGETS); do $(MAKE) --no-print-directory build-fuzz/fuzz_$$n || exit 1; \
 	  mkdir -p build-fuzz/corpus-$$n; \
 	  echo "fuzz_$$n: $(FUZZ_SECONDS) s"; \
 	  build-fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \

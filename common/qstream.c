@@ -33,14 +33,21 @@ enum { FR_HEADER = 1, FR_TENSOR = 2, FR_CHUNK = 3, FR_END = 4 };
 
 /*-*** Tensor helpers ***/
 
+/* An empty tensor still has rows that loops walk ([2^62, 0] would take
+ * forever): its non-zero extents may multiply to at most this. Real empty
+ * tensors are [0] or [0, hidden]. Found by fuzz_stats (regress/stats/timeout-6cfc...). */
+#define QS_MAX_EMPTY_EXTENT ((int64_t)1 << 24)
+
 int64_t qs_numel(int ndim, const int64_t *shape)
 {
-    int64_t n = 1;
+    int64_t n = 1, extent = 1;       /* extent: product of the non-zero dims */
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0) return -1;
-        if (shape[i] && n > INT64_MAX / shape[i]) return -1;
-        n *= shape[i];
+        if (shape[i] && extent > INT64_MAX / shape[i]) return -1;
+        if (shape[i]) extent *= shape[i];
+        n = shape[i] ? n * shape[i] : 0;
     }
+    if (n == 0 && extent > QS_MAX_EMPTY_EXTENT) return -1;
     return n;
 }
 

@@ -67,7 +67,8 @@ int      qs_tensor_add_part(qs_tensor *t, const char *role, qdtype dtype, int nd
 void     qs_tensor_clear(qs_tensor *t);            /* frees name/attrs; t may be reused */
 int      qs_tensor_copy(qs_tensor *dst, const qs_tensor *src);  /* deep copy; -1 on OOM */
 uint64_t qs_tensor_nbytes(const qs_tensor *t);     /* sum of parts */
-int64_t  qs_numel(int ndim, const int64_t *shape); /* -1 on overflow or negative dim */
+/* -1 on overflow, a negative dim, or an empty tensor whose other dims multiply past 2^24 */
+int64_t  qs_numel(int ndim, const int64_t *shape);
 /* Index of the part with this role, or -1. */
 int      qs_tensor_part(const qs_tensor *t, const char *role);
 /* Rows/columns of the logical view as a matrix: rows = shape[0], cols = the rest (1-D: 1 x n). */

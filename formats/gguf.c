@@ -343,6 +343,8 @@ static int take_tensor_info(cursor *c, gguf_tensor_info *ti, int64_t index, json
     }
     if (ovf || nbytes > INT64_MAX)
         return fail(c, errf("%s: tensor '%s': size overflows", c->label, ti->name));
+    if (qs_numel(GGUF_MAX_DIMS, ti->ne) < 0)
+        return fail(c, errf("%s: tensor '%s': empty, yet its other dims claim more than 2^24 rows", c->label, ti->name));
     ti->nbytes = nbytes;
     return 0;
 }

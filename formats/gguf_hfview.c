@@ -125,6 +125,9 @@ static char *make_config(const qsrc *g, int tied, size_t *len)
     return s;
 }
 
+/* more heads than any published model by far; bounds 2*heads in int arithmetic */
+#define HV_MAX_HEADS 65536
+
 qsrc *gguf_hf_view(qsrc *g, char **errp)
 {
     const char *arch = json_string_value(kv(g, "general.architecture"));
@@ -132,8 +135,15 @@ qsrc *gguf_hf_view(qsrc *g, char **errp)
     size_t len;
     char *cfg = make_config(g, qsrc_find(g, "output.weight") < 0, &len);
     if (!cfg) return g;                               /* no llama.* hyper-parameters: raw names too */
-    int n_head = (int)json_integer_value(kv(g, "llama.attention.head_count"));
-    int n_kv = kv(g, "llama.attention.head_count_kv") ? (int)json_integer_value(kv(g, "llama.attention.head_count_kv")) : n_head;
+    json_int_t n_head = json_integer_value(kv(g, "llama.attention.head_count"));
+    json_int_t n_kv = kv(g, "llama.attention.head_count_kv") ? json_integer_value(kv(g, "llama.attention.head_count_kv")) : n_head;
+    if (n_head < 1 || n_head > HV_MAX_HEADS || n_kv < 1 || n_kv > HV_MAX_HEADS) {
+        *errp = qsrc_errf("%s: llama.attention.head_count %lld / head_count_kv %lld: not between 1 and %d",
+                          g->path, (long long)n_head, (long long)n_kv, HV_MAX_HEADS);
+        free(cfg);
+        qsrc_close(g);
+        return NULL;
+    }
     qsrc *s = qsrc_new(g->path);
     hv_impl *im = calloc(1, sizeof *im);
     im->g = g;
@@ -152,8 +162,8 @@ qsrc *gguf_hf_view(qsrc *g, char **errp)
         free(t.name);
         t.name = strdup(name);
         int kind = gguf_llama_qk_kind(name);
-        int heads = kind == 1 ? n_head : kind == 2 ? n_kv : 0;
-        if (heads && (t.ndim != 2 || heads <= 0 || t.shape[0] % (2 * heads))) {
+        int heads = kind == 1 ? (int)n_head : kind == 2 ? (int)n_kv : 0;
+        if (heads && (t.ndim != 2 || t.shape[0] % (2 * (int64_t)heads))) {
             *errp = qsrc_errf("%s: tensor '%s' does not split into %d heads", g->path, g->tensors[i].name, heads);
             free(cfg);
             qs_tensor_clear(&t);

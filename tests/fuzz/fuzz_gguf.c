@@ -32,18 +32,6 @@ static void parse(const uint8_t *data, size_t size)
     gguf_file_close(f);
 }
 
-/* Findings 2 and 4 (README.md): the llama HF view (gguf_hfview.c) leaks the
- * header it overwrites and formats two error messages from a source it has
- * just closed. Until fixed, campaigns run with FUZZ_SKIP_KNOWN=1 open files
- * with gguf_open() directly (the raw reader, no HF view) and without leak
- * detection; the replay always goes through qsrc_open(). */
-static qsrc *open_gguf(const char *path, char **errp)
-{
-    static int skip = -1;
-    if (skip < 0) skip = getenv("FUZZ_SKIP_KNOWN") != NULL;
-    return skip ? gguf_open(path, errp) : qsrc_open(path, errp);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     parse(data, size);
@@ -51,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char path[64];
     int fd = fz_memfile(data, size, path, sizeof path);
     char *err = NULL;
-    qsrc *s = open_gguf(path, &err);
+    qsrc *s = qsrc_open(path, &err);
     fz_check_error(s, err, "qsrc_open(gguf)");
     if (s) {
         fz_sink += fz_drain_source(s);
