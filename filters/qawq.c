@@ -593,14 +593,14 @@ int main(int argc, char **argv)
         plan_manifest_diff(p, qs_reader_header(S.r)->manifest, h.manifest, "awq", awq_cost);
         plan_print(p, stdout, verbosity > 1);
         close_stdout_or_die();
-        return EXIT_OK;
+    } else {
+        if (!(S.w = qs_writer_open_fd(1, &h, 0, &err))) { exit_if_epipe(errno); die("stdout: %s", err); }
+        progress_start(json_array_size(h.manifest), 0);
+        process_stream(&S);
+        progress_end();
+        if (qs_writer_close(S.w, &err) < 0) { exit_if_epipe(errno); die("stdout: %s", err); }
+        if (c.stats_out) write_stats_out(&S, argc, argv);
     }
-    if (!(S.w = qs_writer_open_fd(1, &h, 0, &err))) { exit_if_epipe(errno); die("stdout: %s", err); }
-    progress_start(json_array_size(h.manifest), 0);
-    process_stream(&S);
-    progress_end();
-    if (qs_writer_close(S.w, &err) < 0) { exit_if_epipe(errno); die("stdout: %s", err); }
-    if (c.stats_out) write_stats_out(&S, argc, argv);
     qs_reader_close(S.r);
     qs_header_clear(&h);
     stats_close(S.st);

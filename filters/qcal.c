@@ -378,6 +378,10 @@ int main(int argc, char **argv)
         total += win[i].len;
     print_estimates(cfg, total, c.threads, c.dry_run);
     if (c.dry_run) {
+        free(win);
+        free(tok);
+        qs_header_clear(&mh);
+        llama_free(m);
         close_stdout_or_die();
         return EXIT_OK;
     }

@@ -357,6 +357,8 @@ int main(int argc, char **argv)
     if (!r) die_free(err);
     if (c.dry_run) {
         dry_run(&c, st, qs_reader_header(r));
+        qs_reader_close(r);
+        if (st) stats_close(st);
         return EXIT_OK;
     }
 

@@ -825,11 +825,8 @@ int main(int argc, char **argv)
 
     qs_header h;
     qs_reader **rs = open_inputs(&c, &h, argc, argv);
-    if (c.dry_run) {
-        dry_run(&c, &h);
-        return EXIT_OK;
-    }
-    if (c.gguf) write_gguf(&c, rs, &h);
+    if (c.dry_run) dry_run(&c, &h);
+    else if (c.gguf) write_gguf(&c, rs, &h);
     else write_safetensors(&c, rs, &h);
     for (int k = 0; k < c.nins; k++) qs_reader_close(rs[k]);
     free(rs);

@@ -750,14 +750,14 @@ int main(int argc, char **argv)
                            sgpt ? sparsegpt_cost : score_cost);
         plan_print(p, stdout, verbosity > 1);
         close_stdout_or_die();
-        return EXIT_OK;
+    } else {
+        qs_writer *w = qs_writer_open_fd(1, &h, 0, &err);
+        if (!w) { exit_if_epipe(errno); die("stdout: %s", err); }
+        progress_start(json_array_size(h.manifest), 0);
+        process_stream(&c, &sp, st, r, w);
+        progress_end();
+        if (qs_writer_close(w, &err) < 0) { exit_if_epipe(errno); die("stdout: %s", err); }
     }
-    qs_writer *w = qs_writer_open_fd(1, &h, 0, &err);
-    if (!w) { exit_if_epipe(errno); die("stdout: %s", err); }
-    progress_start(json_array_size(h.manifest), 0);
-    process_stream(&c, &sp, st, r, w);
-    progress_end();
-    if (qs_writer_close(w, &err) < 0) { exit_if_epipe(errno); die("stdout: %s", err); }
     qs_reader_close(r);
     qs_header_clear(&h);
     if (st) stats_close(st);
