@@ -38,6 +38,14 @@ same_tensors() {
 # --errors-for-leak-kinds=definite). A clean run leaves only empty logs:
 #   VALGRIND=1 bats tests/cli/; find "${TMPDIR:-/tmp}/qpipe-valgrind-logs" -type f -size +0
 # Without VALGRIND nothing here changes PATH or any function.
+#
+# skip_under_valgrind WHY — first line of a test whose point is a figure over
+# the whole of eval.txt or calib.txt (forward passes over tens of thousands of
+# tokens: minutes natively, hours under memcheck). The code paths such a test
+# runs are also run, on short texts, by tests that are not skipped.
+skip_under_valgrind() {
+    [ "${VALGRIND:-0}" != 1 ] || skip "under valgrind: $*"
+}
 if [ "${VALGRIND:-0}" = 1 ]; then
     VALGRIND_LOGS="${VALGRIND_LOGS:-${TMPDIR:-/tmp}/qpipe-valgrind-logs}"
     VALGRIND_BIN="$VALGRIND_LOGS.bin"

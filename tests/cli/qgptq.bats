@@ -5,7 +5,9 @@
 # A synthetic two-linear "model" and a stats file with one Hessian are made
 # in setup_file from a fixed seed; ts3m (tests/data) is used for the RTN runs.
 
-QGPTQ=${QGPTQ:-bin/qgptq}
+load helpers       # the tools on PATH (under valgrind with VALGRIND=1)
+setup() { cd "$ROOT"; }   # this suite names its files from the repository root
+QGPTQ=qgptq
 
 setup_file() {
     export TMP="$BATS_FILE_TMPDIR"
@@ -41,8 +43,8 @@ st_write(d + '/model.safetensors', [
 st_write(d + '/stats.safetensors', [("model.layers.0.mlp.down_proj.weight.hessian", [C, C], H)])
 json.dump({"R": R, "C": C}, open(d + '/dims.json', 'w'))
 EOF
-    bin/qcat "$TMP/model.safetensors" > "$TMP/model.qs"
-    bin/qcat tests/data/ts3m-bf16 > "$TMP/ts3m.qs"
+    qcat "$TMP/model.safetensors" > "$TMP/model.qs"
+    qcat tests/data/ts3m-bf16 > "$TMP/ts3m.qs"
 }
 
 # tr((W-Q) H (W-Q)^T) of down_proj for a qpack'd output
@@ -113,7 +115,7 @@ assert_refused() {
     set -o pipefail
     $QGPTQ --skip-missing --stats "$TMP/stats.safetensors" < "$TMP/model.qs" > "$TMP/skip.qs" 2> "$TMP/err"
     grep -q "q_proj.weight': no hessian" "$TMP/err"
-    bin/qpack --dtype f32 -o "$TMP/skip.safetensors" < "$TMP/skip.qs"
+    qpack --dtype f32 -o "$TMP/skip.safetensors" < "$TMP/skip.qs"
     # q_proj and the norm are byte-identical to the input, down_proj changed
     python3 - "$TMP" <<'EOF'
 import json, struct, sys
@@ -130,9 +132,9 @@ EOF
 @test "qgptq loss is well below RTN's on a correlated layer" {
     set -o pipefail
     $QGPTQ --bits 3 --group 32 --include '*.down_proj.weight' --stats "$TMP/stats.safetensors" \
-        < "$TMP/model.qs" | bin/qpack --dtype f32 -o "$TMP/gptq.safetensors"
+        < "$TMP/model.qs" | qpack --dtype f32 -o "$TMP/gptq.safetensors"
     $QGPTQ --rtn --bits 3 --group 32 --include '*.down_proj.weight' \
-        < "$TMP/model.qs" | bin/qpack --dtype f32 -o "$TMP/rtn.safetensors"
+        < "$TMP/model.qs" | qpack --dtype f32 -o "$TMP/rtn.safetensors"
     g=$(proxy_loss "$TMP/gptq.safetensors")
     r=$(proxy_loss "$TMP/rtn.safetensors")
     echo "gptq $g rtn $r" >&3
@@ -152,7 +154,7 @@ EOF
 
 @test "qgptq --rtn quantizes only the decoder linears of ts3m" {
     set -o pipefail
-    $QGPTQ --rtn --bits 4 --group 128 < "$TMP/ts3m.qs" | bin/qpack --dtype f32 -o "$TMP/ts3m-rtn.safetensors"
+    $QGPTQ --rtn --bits 4 --group 128 < "$TMP/ts3m.qs" | qpack --dtype f32 -o "$TMP/ts3m-rtn.safetensors"
     python3 - "$TMP/ts3m-rtn.safetensors" tests/data/ts3m-bf16/model.safetensors <<'EOF'
 import json, struct, sys
 def load(p):
@@ -194,17 +196,17 @@ EOF
 
 @test "qgptq nf4 and fp8 grids round-trip through qpack" {
     set -o pipefail
-    $QGPTQ --rtn --grid nf4 --group 64 < "$TMP/model.qs" | bin/qpack --dtype f32 -o "$TMP/nf4.safetensors"
-    $QGPTQ --rtn --grid fp8_e4m3 < "$TMP/model.qs" | bin/qpack --dtype f32 -o "$TMP/fp8.safetensors"
+    $QGPTQ --rtn --grid nf4 --group 64 < "$TMP/model.qs" | qpack --dtype f32 -o "$TMP/nf4.safetensors"
+    $QGPTQ --rtn --grid fp8_e4m3 < "$TMP/model.qs" | qpack --dtype f32 -o "$TMP/fp8.safetensors"
     [ -s "$TMP/nf4.safetensors" ] && [ -s "$TMP/fp8.safetensors" ]
 }
 
 @test "qgptq --grid q4_0 writes llama.cpp blocks with a lower loss than llama-quantize's rounding" {
     set -o pipefail
     $QGPTQ --grid q4_0 --include '*.down_proj.weight' --stats "$TMP/stats.safetensors" \
-        < "$TMP/model.qs" | bin/qpack --dtype f32 -o "$TMP/gq4.safetensors"
+        < "$TMP/model.qs" | qpack --dtype f32 -o "$TMP/gq4.safetensors"
     $QGPTQ --rtn --grid q4_0 --include '*.down_proj.weight' \
-        < "$TMP/model.qs" | bin/qpack --dtype f32 -o "$TMP/rq4.safetensors"
+        < "$TMP/model.qs" | qpack --dtype f32 -o "$TMP/rq4.safetensors"
     g=$(proxy_loss "$TMP/gq4.safetensors")
     r=$(proxy_loss "$TMP/rq4.safetensors")
     echo "q4_0 gptq $g rtn $r" >&3

@@ -57,6 +57,7 @@ EOF
 }
 
 @test "at 3.5 bits/weight qmix beats the uniform RTN settings that fit the same budget" {
+    skip_under_valgrind "three eval.txt perplexities"
     qmix --stats "$TS/cal.qs" --avg-bits 3.5 --apply -q < "$TS/bf16.qs" > mix.qs
     qgptq --rtn --bits 3 --group 64 < "$TS/bf16.qs" > u3g64.qs     # 3 + 32/64 = 3.5 bits/weight
     qgptq --rtn --bits 3 --group 128 < "$TS/bf16.qs" > u3g128.qs   # 3.25
@@ -66,6 +67,7 @@ EOF
 }
 
 @test "qmix --measure-text (KL-calibrated estimates, calibration text) also beats uniform int3g64 at 3.5 bits" {
+    skip_under_valgrind "2048 measured tokens per tensor and two eval.txt perplexities"
     qmix --stats "$TS/cal.qs" --avg-bits 3.5 --apply -q --measure-text "$DATA/text/calib.txt" --measure-len 2048 \
         --report rep.txt < "$TS/bf16.qs" > mixm.qs
     grep -q 'exact optimum' rep.txt
@@ -73,6 +75,19 @@ EOF
     m=$(ppl mixm.qs); a=$(ppl u3g64.qs)
     echo "qmix --measure 3.5: $m  uniform int3g64: $a" >&3
     python3 -c "import sys; m, a = map(float, sys.argv[1:]); sys.exit(0 if m < a else 1)" "$m" "$a"
+}
+
+@test "qmix --measure-text on a short text still meets the budget exactly" {
+    head -c 4000 "$DATA/text/calib.txt" > short.txt
+    qmix --stats "$TS/cal.qs" --avg-bits 3.5 -q --measure-text short.txt --measure-len 256 \
+        --report rep.txt < "$TS/bf16.qs" > m.qs
+    python3 - <<'EOF'
+import re
+t = open('rep.txt').read()
+b, u, s = map(int, re.search(r'budget: (\d+) bits .*used (\d+), slack (\d+) bits', t).groups())
+assert u <= b and u + s == b, (b, u, s)
+assert 'exact optimum' in t
+EOF
 }
 
 @test "qmix --measure-text refuses a text and token file together" {

@@ -7,6 +7,7 @@
 load helpers
 
 setup_file() {
+    [ "${VALGRIND:-0}" != 1 ] || return 0     # every test here skips under valgrind
     cd "$BATS_FILE_TMPDIR"
     qcat "$DATA/ts3m-bf16" > model.qs
     qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" -o cal.qs
@@ -24,6 +25,7 @@ below() { python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.a
 record() { echo "$*" >> "$BATS_FILE_TMPDIR/table"; echo "# $*" >&3; }
 
 @test "RTN reproduces the reference perplexities within 0.1 %" {
+    skip_under_valgrind "eval.txt perplexities of five models"
     while read -r key args; do
         p=$(ppl --rtn $args)
         r=$(ref "$key")
@@ -39,6 +41,7 @@ EOF2
 }
 
 @test "GPTQ beats RTN at 4 and 3 bits on the same grid and group" {
+    skip_under_valgrind "GPTQ of ts3m and four eval.txt perplexities"
     for args in "--bits 4 --group 128" "--bits 3 --group 128" "--bits 4 --group -1"; do
         g=$(ppl $args); r=$(ppl --rtn $args)
         record "gptq $args: $g (rtn $r)"
@@ -47,6 +50,7 @@ EOF2
 }
 
 @test "8-bit GPTQ stays within 0.5 % of the unquantized model" {
+    skip_under_valgrind "two eval.txt perplexities"
     base=$(qeval "$DATA/ts3m-bf16" --tokens "$DATA/text/eval.tokens.u32" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
     g=$(ppl --bits 8 --group -1)
     record "bf16: $base; gptq 8-bit per channel: $g"
