@@ -46,6 +46,20 @@ same_tensors() {
 skip_under_valgrind() {
     [ "${VALGRIND:-0}" != 1 ] || skip "under valgrind: $*"
 }
+
+# EVAL_TEXT, CALIB_TEXT — what tests evaluate and calibrate on when the point is
+# that the tools run, not the figure: eval.txt and calib.txt, and under
+# valgrind their first 40 / 96 lines (about 1300 / 2700 tokens).
+EVAL_TEXT="$DATA/text/eval.txt" CALIB_TEXT="$DATA/text/calib.txt"
+if [ "${VALGRIND:-0}" = 1 ]; then
+    for _vg_t in eval:40 calib:96; do
+        _vg_f="$BATS_RUN_TMPDIR/${_vg_t%%:*}-short.txt"
+        [ -s "$_vg_f" ] || { head -n "${_vg_t##*:}" "$DATA/text/${_vg_t%%:*}.txt" > "$_vg_f.$$" && mv -f "$_vg_f.$$" "$_vg_f"; }
+    done
+    EVAL_TEXT="$BATS_RUN_TMPDIR/eval-short.txt" CALIB_TEXT="$BATS_RUN_TMPDIR/calib-short.txt"
+    unset _vg_t _vg_f
+fi
+export EVAL_TEXT CALIB_TEXT
 if [ "${VALGRIND:-0}" = 1 ]; then
     VALGRIND_LOGS="${VALGRIND_LOGS:-${TMPDIR:-/tmp}/qpipe-valgrind-logs}"
     VALGRIND_BIN="$VALGRIND_LOGS.bin"

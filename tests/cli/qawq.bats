@@ -3,7 +3,7 @@
 # requires: qcat, qcal, qpack, qeval, qgptq, python3 (standard library only)
 #
 # ts3m-bf16 (tests/data) made f32 with qpack, calibrated with qcal on
-# tests/data/text/calib.txt; perplexities on tests/data/text/eval.txt.
+# calib.txt ($CALIB_TEXT); perplexities on eval.txt ($EVAL_TEXT).
 load helpers
 
 setup_file() {
@@ -11,11 +11,11 @@ setup_file() {
     qcat "$DATA/ts3m-bf16" > "$TS/bf16.qs"
     qpack --dtype f32 -o "$TS/f32/" < "$TS/bf16.qs"
     qcat "$TS/f32" > "$TS/f32.qs"
-    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" -q -o "$TS/cal.qs"
+    qcal "$DATA/ts3m-bf16" --text "$CALIB_TEXT" -q -o "$TS/cal.qs"
 }
 
 ppl() {   # ppl STREAM — eval.txt perplexity, full precision
-    qeval "$1" --text "$DATA/text/eval.txt" --json | python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["ppl"]))'
+    qeval "$1" --text "$EVAL_TEXT" --json | python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["ppl"]))'
 }
 
 @test "qawq refuses to run without --stats" {
@@ -51,6 +51,7 @@ EOF2
 }
 
 @test "AWQ 4-bit and 3-bit g32 beat RTN at the same settings on eval.txt" {
+    skip_under_valgrind "four quantizations and four eval.txt perplexities"
     for b in 4 3; do
         qawq --stats "$TS/cal.qs" --bits $b --group 32 < "$TS/bf16.qs" > awq$b.qs
         qgptq --rtn --bits $b --group 32 < "$TS/bf16.qs" > rtn$b.qs
@@ -123,7 +124,7 @@ EOF
     run sh -c "qawq --stats '$TS/cal.qs' < trunc.qs > out.qs 2> err"
     [ "$status" -ne 0 ] && [ "$status" -lt 128 ]
     grep -q '^qawq: stdin' err
-    run sh -c "qeval out.qs --text '$DATA/text/eval.txt' 2> err2"
+    run sh -c "qeval out.qs --text '$EVAL_TEXT' 2> err2"
     [ "$status" -ne 0 ] && [ "$status" -lt 128 ]
 }
 
@@ -179,7 +180,7 @@ print('random MHA model, int3g32 KL vs base: awq', a, 'rtn', r); assert a < r" >
 }
 
 @test "an AWQ checkpoint round-trips through qcat to exactly qawq's values" {
-    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" --samples 8 --seqlen 128 -o cm.qs
+    qcal "$DATA/ts3m-bf16" --text "$CALIB_TEXT" --samples 8 --seqlen 128 -o cm.qs
     qcat "$DATA/ts3m-bf16" | qawq --stats cm.qs --bits 4 --group 128 --f16-scales > awq.qs
     qpack --format awq -o awqck/ < awq.qs
     python3 -c 'import json; q = json.load(open("awqck/config.json"))["quantization_config"]; assert q["quant_method"] == "awq" and q["version"] == "gemm" and q["bits"] == 4, q'

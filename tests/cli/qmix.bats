@@ -2,18 +2,18 @@
 # tests: qmix
 # requires: qcat, qcal, qpack, qeval, qgptq, python3 (standard library only)
 #
-# ts3m-bf16 (tests/data), calibrated with qcal on tests/data/text/calib.txt;
-# perplexities on tests/data/text/eval.txt.
+# ts3m-bf16 (tests/data), calibrated with qcal on calib.txt ($CALIB_TEXT);
+# perplexities on eval.txt ($EVAL_TEXT).
 load helpers
 
 setup_file() {
     export TS="$BATS_FILE_TMPDIR"
     qcat "$DATA/ts3m-bf16" > "$TS/bf16.qs"
-    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" -q -o "$TS/cal.qs"
+    qcal "$DATA/ts3m-bf16" --text "$CALIB_TEXT" -q -o "$TS/cal.qs"
 }
 
 ppl() {
-    qeval "$1" --text "$DATA/text/eval.txt" --json | python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["ppl"]))'
+    qeval "$1" --text "$EVAL_TEXT" --json | python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["ppl"]))'
 }
 
 @test "qmix needs exactly one budget" {
@@ -68,7 +68,7 @@ EOF
 
 @test "qmix --measure-text (KL-calibrated estimates, calibration text) also beats uniform int3g64 at 3.5 bits" {
     skip_under_valgrind "2048 measured tokens per tensor and two eval.txt perplexities"
-    qmix --stats "$TS/cal.qs" --avg-bits 3.5 --apply -q --measure-text "$DATA/text/calib.txt" --measure-len 2048 \
+    qmix --stats "$TS/cal.qs" --avg-bits 3.5 --apply -q --measure-text "$CALIB_TEXT" --measure-len 2048 \
         --report rep.txt < "$TS/bf16.qs" > mixm.qs
     grep -q 'exact optimum' rep.txt
     qgptq --rtn --bits 3 --group 64 < "$TS/bf16.qs" > u3g64.qs
@@ -78,7 +78,7 @@ EOF
 }
 
 @test "qmix --measure-text on a short text still meets the budget exactly" {
-    head -c 4000 "$DATA/text/calib.txt" > short.txt
+    head -c 4000 "$CALIB_TEXT" > short.txt
     qmix --stats "$TS/cal.qs" --avg-bits 3.5 -q --measure-text short.txt --measure-len 256 \
         --report rep.txt < "$TS/bf16.qs" > m.qs
     python3 - <<'EOF'
@@ -132,7 +132,7 @@ EOF2
 }
 
 @test "qgptq honours qmix's per-tensor settings: qmix | qgptq --rtn equals qmix --apply" {
-    qcal "$DATA/ts3m-bf16" --text "$DATA/text/calib.txt" --samples 8 --seqlen 128 -o cm.qs
+    qcal "$DATA/ts3m-bf16" --text "$CALIB_TEXT" --samples 8 --seqlen 128 -o cm.qs
     qcat "$DATA/ts3m-bf16" | qmix --avg-bits 3.5 --stats cm.qs 2>/dev/null > mix.qs
     qgptq --rtn < mix.qs | qpack --dtype f32 -o a.safetensors
     qcat "$DATA/ts3m-bf16" | qmix --avg-bits 3.5 --stats cm.qs --apply 2>/dev/null | qpack --dtype f32 -o b.safetensors

@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # tests: qprune
 # requires: qcat, qpack, qeval, qgptq, python3 (standard library only); qcal for the
-#   Wanda/SparseGPT tests (they skip while bin/qcal is not built; QPRUNE_STATS=FILE
+#   Wanda/SparseGPT tests (they skip while qcal is not built; QPRUNE_STATS=FILE
 #   supplies a stats file instead)
 #
 # End to end on tests/data/ts3m-bf16 (4 layers, hidden 256, MLP 768, 8 heads in
@@ -18,16 +18,16 @@ setup() {
 
 setup_file() {
     export TMP="$BATS_FILE_TMPDIR"
-    bin/qcat tests/data/ts3m-bf16 > "$TMP/ts3m.qs"
+    qcat tests/data/ts3m-bf16 > "$TMP/ts3m.qs"
     if [ -n "${QPRUNE_STATS:-}" ]; then
         cp "$QPRUNE_STATS" "$TMP/cal.qs"
-    elif [ -x bin/qcal ]; then
-        bin/qcal tests/data/ts3m-bf16 --text tests/data/text/calib.txt -o "$TMP/cal.qs"
+    elif command -v qcal >/dev/null; then
+        qcal tests/data/ts3m-bf16 --text "$CALIB_TEXT" -o "$TMP/cal.qs"
     fi
 }
 
 need_stats() {
-    [ -s "$TMP/cal.qs" ] || skip "bin/qcal is not built yet (no calibration statistics)"
+    [ -s "$TMP/cal.qs" ] || skip "qcal is not built yet (no calibration statistics)"
 }
 
 # check_sparsity OUT.safetensors MODE [SKIP_REGEX [ONLY_REGEX]]: every linear
@@ -82,65 +82,66 @@ EOF
 }
 
 ppl() {
-    bin/qeval "$1" --text tests/data/text/eval.txt --json | python3 -c 'import json,sys; print("%.6f" % json.load(sys.stdin)["ppl"])'
+    qeval "$1" --text "$EVAL_TEXT" --json | python3 -c 'import json,sys; print("%.6f" % json.load(sys.stdin)["ppl"])'
 }
 
 # --- exact sparsity (acceptance 1) ---------------------------------------------
 
 @test "qprune --magnitude zeroes exactly half of every row and nothing else" {
-    bin/qprune --magnitude --sparsity 0.5 < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/mag50.safetensors"
+    qprune --magnitude --sparsity 0.5 < "$TMP/ts3m.qs" | qpack -o "$TMP/mag50.safetensors"
     check_sparsity "$TMP/mag50.safetensors" r=0.5
 }
 
 @test "qprune --magnitude --nm 2:4 keeps exactly 2 of every 4 inputs" {
-    bin/qprune --magnitude --nm 2:4 < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/mag24.safetensors"
+    qprune --magnitude --nm 2:4 < "$TMP/ts3m.qs" | qpack -o "$TMP/mag24.safetensors"
     check_sparsity "$TMP/mag24.safetensors" nm=2:4
 }
 
 @test "qprune --magnitude 4:8 and an odd ratio are exact too" {
-    bin/qprune --magnitude 4:8 < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/mag48.safetensors"
+    qprune --magnitude 4:8 < "$TMP/ts3m.qs" | qpack -o "$TMP/mag48.safetensors"
     check_sparsity "$TMP/mag48.safetensors" nm=4:8
-    bin/qprune --magnitude --sparsity 0.3 < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/mag30.safetensors"
+    qprune --magnitude --sparsity 0.3 < "$TMP/ts3m.qs" | qpack -o "$TMP/mag30.safetensors"
     check_sparsity "$TMP/mag30.safetensors" r=0.3
 }
 
 @test "qprune --wanda and --sparsegpt give exact per-row and 2:4 sparsity on the fixture" {
     need_stats
     for m in wanda sparsegpt; do
-        bin/qprune --$m --sparsity 0.5 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/$m-50.safetensors"
+        qprune --$m --sparsity 0.5 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" | qpack -o "$TMP/$m-50.safetensors"
         check_sparsity "$TMP/$m-50.safetensors" r=0.5
-        bin/qprune --$m 2:4 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/$m-24.safetensors"
+        qprune --$m 2:4 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" | qpack -o "$TMP/$m-24.safetensors"
         check_sparsity "$TMP/$m-24.safetensors" nm=2:4
     done
 }
 
 @test "qprune --skip leaves the matching weights untouched" {
-    bin/qprune --magnitude --skip '*.mlp.down_proj.weight' < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/skip.safetensors"
+    qprune --magnitude --skip '*.mlp.down_proj.weight' < "$TMP/ts3m.qs" | qpack -o "$TMP/skip.safetensors"
     check_sparsity "$TMP/skip.safetensors" r=0.5 'down_proj'
 }
 
 @test "qprune --sparsity-for sets per-tensor ratios, the last match winning" {
-    bin/qprune --magnitude --sparsity 0.5 --sparsity-for '*.self_attn.*=0.25' \
-        --sparsity-for '*.self_attn.o_proj.weight=0' < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/sched.safetensors"
+    qprune --magnitude --sparsity 0.5 --sparsity-for '*.self_attn.*=0.25' \
+        --sparsity-for '*.self_attn.o_proj.weight=0' < "$TMP/ts3m.qs" | qpack -o "$TMP/sched.safetensors"
     check_sparsity "$TMP/sched.safetensors" r=0.5 '^$' 'mlp'
     check_sparsity "$TMP/sched.safetensors" r=0.25 'o_proj' 'self_attn'
 }
 
 @test "qprune output is byte-identical for any thread count" {
-    bin/qprune --magnitude --threads 1 < "$TMP/ts3m.qs" > "$TMP/t1.qs"
-    bin/qprune --magnitude --threads 3 < "$TMP/ts3m.qs" | cmp - "$TMP/t1.qs"
+    qprune --magnitude --threads 1 < "$TMP/ts3m.qs" > "$TMP/t1.qs"
+    qprune --magnitude --threads 3 < "$TMP/ts3m.qs" | cmp - "$TMP/t1.qs"
     [ -s "$TMP/cal.qs" ] || return 0
-    bin/qprune --sparsegpt --stats "$TMP/cal.qs" --threads 1 < "$TMP/ts3m.qs" > "$TMP/s1.qs"
-    bin/qprune --sparsegpt --stats "$TMP/cal.qs" --threads 4 < "$TMP/ts3m.qs" | cmp - "$TMP/s1.qs"
+    qprune --sparsegpt --stats "$TMP/cal.qs" --threads 1 < "$TMP/ts3m.qs" > "$TMP/s1.qs"
+    qprune --sparsegpt --stats "$TMP/cal.qs" --threads 4 < "$TMP/ts3m.qs" | cmp - "$TMP/s1.qs"
 }
 
 # --- perplexity (acceptance 2) -------------------------------------------------
 
 @test "eval.txt perplexity orders SparseGPT <= Wanda < magnitude at 50 % and at 2:4" {
+    skip_under_valgrind "six prunings and six eval.txt perplexities"
     need_stats
     for pat in "--sparsity 0.5" "--nm 2:4"; do
         for m in magnitude wanda sparsegpt; do
-            bin/qprune --$m $pat --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" > "$TMP/p-$m.qs"
+            qprune --$m $pat --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" > "$TMP/p-$m.qs"
             eval "p_$m=\$(ppl '$TMP/p-$m.qs')"
         done
         echo "# $pat: magnitude $p_magnitude wanda $p_wanda sparsegpt $p_sparsegpt" >&3
@@ -152,7 +153,7 @@ ppl() {
 # --- structured (acceptance 3) -------------------------------------------------
 
 @test "qprune --structured mlp=0.25 shrinks every MLP and config.json, and qeval runs it" {
-    bin/qprune --magnitude --structured mlp=0.25 < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/mlp25"
+    qprune --magnitude --structured mlp=0.25 < "$TMP/ts3m.qs" | qpack -o "$TMP/mlp25"
     python3 - "$TMP/mlp25" <<'EOF'
 import json, struct, sys
 d = sys.argv[1]; cfg = json.load(open(d + '/config.json'))
@@ -172,7 +173,7 @@ EOF
 }
 
 @test "qprune --structured heads=2 removes one key/value group per layer" {
-    bin/qprune --magnitude --structured heads=2 < "$TMP/ts3m.qs" | bin/qpack -o "$TMP/h2"
+    qprune --magnitude --structured heads=2 < "$TMP/ts3m.qs" | qpack -o "$TMP/h2"
     python3 - "$TMP/h2" <<'EOF'
 import json, struct, sys
 d = sys.argv[1]; cfg = json.load(open(d + '/config.json'))
@@ -186,14 +187,14 @@ for l in range(4):
     assert h[p + 'v_proj.weight']['shape'] == [96, 256]
     assert h[p + 'o_proj.weight']['shape'] == [256, 192]
 EOF
-    bin/qeval "$TMP/h2" --text tests/data/text/eval.txt > "$TMP/h2.txt"
+    qeval "$TMP/h2" --text "$EVAL_TEXT" > "$TMP/h2.txt"
     grep -q '^ppl' "$TMP/h2.txt"
 }
 
 @test "qprune --wanda --structured keeps the highest-scored channels and prunes the rest unstructured" {
     need_stats
-    bin/qprune --wanda --structured mlp=0.25 --sparsity 0.5 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" \
-        | bin/qpack -o "$TMP/both.safetensors"
+    qprune --wanda --structured mlp=0.25 --sparsity 0.5 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" \
+        | qpack -o "$TMP/both.safetensors"
     python3 - "$TMP/both.safetensors" <<'EOF'
 import json, struct, sys
 b = open(sys.argv[1], 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n])
@@ -208,9 +209,9 @@ EOF
 
 @test "qprune --wanda --nm 2:4 | qgptq --bits 4 | qpack stays 2:4 sparse" {
     need_stats
-    bin/qprune --wanda --nm 2:4 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" \
-        | bin/qgptq --bits 4 --group 128 --stats "$TMP/cal.qs" > "$TMP/w24q4.qs"
-    bin/qpack --dtype bf16 -o "$TMP/w24q4" < "$TMP/w24q4.qs"
+    qprune --wanda --nm 2:4 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" \
+        | qgptq --bits 4 --group 128 --stats "$TMP/cal.qs" > "$TMP/w24q4.qs"
+    qpack --dtype bf16 -o "$TMP/w24q4" < "$TMP/w24q4.qs"
     check_sparsity "$TMP/w24q4/model.safetensors" 'nm>=2:4'
     p=$(ppl "$TMP/w24q4")
     echo "# wanda 2:4 | qgptq 4-bit g128: ppl $p" >&3
@@ -219,19 +220,19 @@ EOF
 
 @test "qprune --sparsegpt --bits 4 quantizes jointly and keeps 2:4" {
     need_stats
-    bin/qprune --sparsegpt 2:4 --bits 4 --group 128 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" \
-        | bin/qpack --dtype bf16 -o "$TMP/sg24q4.safetensors"
+    qprune --sparsegpt 2:4 --bits 4 --group 128 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" \
+        | qpack --dtype bf16 -o "$TMP/sg24q4.safetensors"
     check_sparsity "$TMP/sg24q4.safetensors" 'nm>=2:4'
     # with structured cuts too: quantized parts of the smaller shapes
-    bin/qprune --sparsegpt 2:4 --bits 4 --group 64 --structured mlp=0.25,heads=2 --stats "$TMP/cal.qs" \
-        < "$TMP/ts3m.qs" | bin/qeval - --text tests/data/text/eval.txt > "$TMP/sg-small.txt"
+    qprune --sparsegpt 2:4 --bits 4 --group 64 --structured mlp=0.25,heads=2 --stats "$TMP/cal.qs" \
+        < "$TMP/ts3m.qs" | qeval - --text "$EVAL_TEXT" > "$TMP/sg-small.txt"
     grep -q '^ppl' "$TMP/sg-small.txt"
 }
 
 @test "the mask travels: qgptq keeps SparseGPT's zeros at zero" {
     need_stats
-    bin/qprune --sparsegpt --sparsity 0.6 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" \
-        | bin/qgptq --bits 3 --group 64 --stats "$TMP/cal.qs" | bin/qpack --dtype f32 -o "$TMP/sg60q3.safetensors"
+    qprune --sparsegpt --sparsity 0.6 --stats "$TMP/cal.qs" < "$TMP/ts3m.qs" \
+        | qgptq --bits 3 --group 64 --stats "$TMP/cal.qs" | qpack --dtype f32 -o "$TMP/sg60q3.safetensors"
     python3 - "$TMP/sg60q3.safetensors" <<'EOF'
 import json, struct, sys
 b = open(sys.argv[1], 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n])
@@ -248,52 +249,52 @@ EOF
 # --- refusals --------------------------------------------------------------------
 
 @test "qprune refuses a sparsity outside 0..1" {
-    fails_cleanly "bin/qprune --magnitude --sparsity 1.5 < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --magnitude --sparsity 1.5 < '$TMP/ts3m.qs'"
     [[ "$ERR" == *--sparsity* ]]
 }
 
 @test "qprune needs exactly one method" {
-    fails_cleanly "bin/qprune --sparsity 0.5 < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --sparsity 0.5 < '$TMP/ts3m.qs'"
     [[ "$ERR" == *method* ]]
-    fails_cleanly "bin/qprune --magnitude --wanda < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --magnitude --wanda < '$TMP/ts3m.qs'"
 }
 
 @test "qprune --wanda and --sparsegpt need --stats" {
-    fails_cleanly "bin/qprune --wanda < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --wanda < '$TMP/ts3m.qs'"
     [[ "$ERR" == *--stats* ]]
-    fails_cleanly "bin/qprune --sparsegpt 2:4 < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --sparsegpt 2:4 < '$TMP/ts3m.qs'"
 }
 
 @test "qprune refuses --bits without --sparsegpt and bad N:M" {
-    fails_cleanly "bin/qprune --magnitude --bits 4 < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --magnitude --bits 4 < '$TMP/ts3m.qs'"
     [[ "$ERR" == *SparseGPT* ]]
-    fails_cleanly "bin/qprune --magnitude --nm 4:4 < '$TMP/ts3m.qs'"
-    fails_cleanly "bin/qprune --magnitude --nm 2:4 --sparsity 0.5 < '$TMP/ts3m.qs'"
-    fails_cleanly "bin/qprune --magnitude --nm 2:4 --per-layer < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --magnitude --nm 4:4 < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --magnitude --nm 2:4 --sparsity 0.5 < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --magnitude --nm 2:4 --per-layer < '$TMP/ts3m.qs'"
 }
 
 @test "qprune refuses to split a key/value group" {
-    fails_cleanly "bin/qprune --magnitude --structured heads=3 < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --magnitude --structured heads=3 < '$TMP/ts3m.qs'"
     [[ "$ERR" == *"multiple of 2"* ]]
 }
 
 @test "qprune refuses an N:M that does not divide the inputs" {
-    fails_cleanly "bin/qprune --magnitude --nm 2:7 < '$TMP/ts3m.qs'"
+    fails_cleanly "qprune --magnitude --nm 2:7 < '$TMP/ts3m.qs'"
     [[ "$ERR" == *multiple* ]]
 }
 
 @test "qprune refuses already quantized weights" {
-    bin/qgptq --rtn --bits 4 < "$TMP/ts3m.qs" > "$TMP/rtn4.qs"
-    fails_cleanly "bin/qprune --magnitude < '$TMP/rtn4.qs'"
+    qgptq --rtn --bits 4 < "$TMP/ts3m.qs" > "$TMP/rtn4.qs"
+    fails_cleanly "qprune --magnitude < '$TMP/rtn4.qs'"
     [[ "$ERR" == *"already quantized"* ]]
 }
 
 @test "qprune reports a truncated input stream and leaves a stream the next tool refuses" {
     head -c 100000 "$TMP/ts3m.qs" > "$TMP/trunc.qs"
-    run sh -c "bin/qprune --magnitude < '$TMP/trunc.qs' > '$TMP/trunc-out.qs' 2> '$TMP/err'"
+    run sh -c "qprune --magnitude < '$TMP/trunc.qs' > '$TMP/trunc-out.qs' 2> '$TMP/err'"
     [ "$status" -eq 1 ]
     grep -q '^qprune: stdin: .*truncated' "$TMP/err"
-    run sh -c "bin/qpack -o '$TMP/never.safetensors' < '$TMP/trunc-out.qs'"
+    run sh -c "qpack -o '$TMP/never.safetensors' < '$TMP/trunc-out.qs'"
     [ "$status" -eq 1 ]
     [ ! -e "$TMP/never.safetensors" ]
 }
