@@ -312,18 +312,27 @@ static void run_layers(llama_model *m, const uint32_t *tok, const window *win, i
     progress_start((uint64_t)cfg->n_layers + 1, 0);
     size_t peak_stats = 0;
     for (int l = 0; l < cfg->n_layers; l++) {
-        if (llama_batch_layer(m, b, l, &err) < 0)
+        if (llama_batch_layer(m, b, l, &err) < 0) {
+            llama_batch_free(b);
+            llama_free(m);              /* joins the worker threads before exit */
             die("layer %d: %s", l, err);
+        }
         if (calib_bytes(cal) > peak_stats)
             peak_stats = calib_bytes(cal);
         stats_write(so, cal, 0);
         progress_update((uint64_t)l + 1, 0);
     }
     for (int i = 0; !cfg->tied && i < nw; i++)
-        if (llama_batch_logits(m, b, i, NULL, &err) < 0)
+        if (llama_batch_logits(m, b, i, NULL, &err) < 0) {
+            llama_batch_free(b);
+            llama_free(m);
             die("head, window %d: %s", i, err);
-    if (llama_finish(m, &err) < 0)
+        }
+    if (llama_finish(m, &err) < 0) {
+        llama_batch_free(b);
+        llama_free(m);
         die_free(err);
+    }
     progress_end();
     info_msg("statistics in memory at most %.1f MiB (one layer)", (double)peak_stats / 1048576.0);
     llama_batch_free(b);
