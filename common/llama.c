@@ -228,6 +228,16 @@ static int config_parse(const char *text, size_t len, llama_model *m, char **err
         err_set(errp, "config.json: head dimension %d must be even", c->head_dim);
         goto out;
     }
+    /* every product the engine forms in int: q/kv widths (n_heads * head_dim),
+     * a layer's weights (dim * width, dim * intermediate), the head (vocab * dim).
+     * Found by fuzz_config: 575555555 heads of head_dim 6. */
+    if ((int64_t)c->n_heads * c->head_dim > INT32_MAX / 2 ||
+        (int64_t)c->dim * ((int64_t)c->n_heads * c->head_dim) > INT32_MAX ||
+        (int64_t)c->dim * c->hidden > INT32_MAX || (int64_t)c->vocab * c->dim > INT32_MAX) {
+        err_set(errp, "config.json: sizes too large (hidden %d, intermediate %d, %d heads of %d, vocab %d): "
+                "a matrix would exceed 2^31 elements", c->dim, c->hidden, c->n_heads, c->head_dim, c->vocab);
+        goto out;
+    }
     json_t *sw = json_object_get(cfg, "sliding_window");
     json_t *use_sw = json_object_get(cfg, "use_sliding_window");
     if (json_is_integer(sw) && json_integer_value(sw) > 0 && !json_is_false(use_sw))
