@@ -35,7 +35,16 @@ float kern_dot_avx2(const float *a, const float *b, int n);
 void kern_axpy_ref(float *y, float a, const float *x, int n);
 void kern_axpy_avx2(float *y, float a, const float *x, int n);
 
-/* 1 if the CPU has AVX2 and FMA (and QPIPE_NO_SIMD is unset in the environment). */
+/* The same AVX2 loops with a rounded product before each add (QPIPE_NO_FMA):
+ * NOT bit-identical to the _ref; only for valgrind, which emulates vector
+ * FMA ~250x slower than a multiply and an add. Same shapes, same accesses. */
+kern_matmul_fn kern_matmul_avx2_nofma;
+float kern_dot_avx2_nofma(const float *a, const float *b, int n);
+void kern_axpy_avx2_nofma(float *y, float a, const float *x, int n);
+
+/* 1 if the CPU has AVX2 and FMA (and QPIPE_NO_SIMD is unset in the environment).
+ * The dispatched kernels below use the _avx2 versions then, or the
+ * _avx2_nofma ones if QPIPE_NO_FMA is set and non-empty. */
 int kern_have_avx2(void);
 
 /* Dispatched versions (the best the CPU supports). */

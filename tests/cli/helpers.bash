@@ -35,7 +35,11 @@ same_tensors() {
 # scripts that exec it (so signals sent to the tool's pid reach it). Each
 # process writes its report to $VALGRIND_LOGS/<tool>.<pid>.log (default
 # ${TMPDIR:-/tmp}/qpipe-valgrind-logs); VALGRIND_OPTS adds options (e.g.
-# --errors-for-leak-kinds=definite). A clean run leaves only empty logs:
+# --errors-for-leak-kinds=definite). The wrappers set QPIPE_NO_FMA=1 and
+# OPENBLAS_CORETYPE=Sandybridge: valgrind emulates vector FMA ~250x slower
+# than a multiply and an add, and these pick the same loops without FMA
+# (common/kernels.h; same memory accesses, products rounded before the add).
+# A clean run leaves only empty logs:
 #   VALGRIND=1 bats tests/cli/; find "${TMPDIR:-/tmp}/qpipe-valgrind-logs" -type f -size +0
 # Without VALGRIND nothing here changes PATH or any function.
 #
@@ -49,7 +53,8 @@ skip_under_valgrind() {
 
 # EVAL_TEXT, CALIB_TEXT — what tests evaluate and calibrate on when the point is
 # that the tools run, not the figure: eval.txt and calib.txt, and under
-# valgrind their first 6 / 10 lines (about 200 / 300 tokens: vector FMA under valgrind runs ~700x slower than natively, so a forward pass over 1000 tokens takes minutes).
+# valgrind their first 6 / 10 lines (about 200 / 300 tokens: memcheck runs a
+# forward pass ~40x slower than natively).
 EVAL_TEXT="$DATA/text/eval.txt" CALIB_TEXT="$DATA/text/calib.txt"
 if [ "${VALGRIND:-0}" = 1 ]; then
     for _vg_t in eval:6 calib:10; do
@@ -69,7 +74,7 @@ if [ "${VALGRIND:-0}" = 1 ]; then
         # the tools (filters/*.c), not the test generators (tests/tools/*.c)
         [ -x "$_vg_tool" ] && [ -f "$ROOT/filters/$_vg_name.c" ] || continue
         _vg_tmp="$VALGRIND_BIN/.$_vg_name.$$"
-        printf '#!/bin/sh\nexec valgrind --error-exitcode=99 --leak-check=full -q %s --log-file=%s/%s.%%p.log %s "$@"\n' \
+        printf '#!/bin/sh\nQPIPE_NO_FMA=1 OPENBLAS_CORETYPE=Sandybridge exec valgrind --error-exitcode=99 --leak-check=full -q %s --log-file=%s/%s.%%p.log %s "$@"\n' \
             "${VALGRIND_OPTS:-}" "$VALGRIND_LOGS" "$_vg_name" "$_vg_tool" > "$_vg_tmp"
         chmod +x "$_vg_tmp"
         mv -f "$_vg_tmp" "$VALGRIND_BIN/$_vg_name"

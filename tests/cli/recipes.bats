@@ -17,8 +17,9 @@ setup() {
     # a short evaluation: 512 tokens, 4 windows of 128
     head -c 2048 "$DATA/text/eval.tokens.u32" > ev.u32
     # the recipes use a copy of the tools: a tool relinked meanwhile in bin/ would
-    # (rightly) make them rebuild
-    mkdir bin; cp "$ROOT"/bin/{qcat,qcal,qgptq,qpack,qeval,qprune,qawq,qmix} bin/
+    # (rightly) make them rebuild. Under VALGRIND=1, copies of the memcheck
+    # wrappers (helpers.bash), so the recipes' tools run under valgrind too.
+    mkdir bin; cp "${VALGRIND_BIN:-$ROOT/bin}"/{qcat,qcal,qgptq,qpack,qeval,qprune,qawq,qmix} bin/
     knobs=(MODEL="$DATA/ts3m-bf16" TEXT="$DATA/text/calib.txt" EVAL=ev.u32
            "CAL_OPTS=--samples 8 --seqlen 128" "EVAL_OPTS=--ctx 128" THREADS=2 QPIPE_BIN="$T/bin")
 }

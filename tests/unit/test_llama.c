@@ -115,6 +115,40 @@ TEST(kernels_avx2_equal_ref_bit_for_bit)
     CHECK(kern_dot_ref(p, q, 3) == 32.0f);
 }
 
+/* The valgrind path (QPIPE_NO_FMA) rounds each product: within a few ulps of
+ * the sum's magnitude of the _ref, and a split of the output range still
+ * changes nothing. */
+TEST(kernels_avx2_nofma_close_to_ref_and_split_invariant)
+{
+    if (!kern_have_avx2()) { printf("# no AVX2: skipped\n"); return; }
+    static const int sizes[] = { 1, 7, 8, 17, 63, 127 };
+    for (int a = 0; a < (int)(sizeof sizes / sizeof *sizes); a++) {
+        int din = sizes[a], dout = 67, n = 11;
+        float x[11 * 127], w[67 * 127], y1[11 * 67], y2[11 * 67], y3[11 * 67];
+        for (int i = 0; i < n * din; i++) x[i] = fill(i, 4);
+        for (int i = 0; i < dout * din; i++) w[i] = fill(i, 5);
+        kern_matmul_ref(y1, x, w, NULL, n, din, dout, 0, dout);
+        kern_matmul_avx2_nofma(y2, x, w, NULL, n, din, dout, 0, dout);
+        kern_matmul_avx2_nofma(y3, x, w, NULL, n, din, dout, 0, 30);
+        kern_matmul_avx2_nofma(y3, x, w, NULL, n, din, dout, 30, dout);
+        CHECK(!memcmp(y2, y3, sizeof(float) * (size_t)(n * dout)));
+        for (int i = 0; i < n * dout; i++) {
+            float mag = 0;   /* sum of |terms| bounds the rounding error */
+            for (int k = 0; k < din; k++)
+                mag += fabsf(x[(i / dout) * din + k] * w[(i % dout) * din + k]);
+            CHECK_MSG(fabsf(y1[i] - y2[i]) <= 4e-7f * (float)din * mag + 1e-30f, "din %d i %d", din, i);
+        }
+        float d1 = kern_dot_ref(x, w, din), d2 = kern_dot_avx2_nofma(x, w, din);
+        CHECK(fabsf(d1 - d2) <= 1e-5f * (fabsf(d1) + (float)din));
+        float a1[127], a2[127];
+        memcpy(a1, w, sizeof a1); memcpy(a2, w, sizeof a2);
+        kern_axpy_ref(a1, 0.3f, x, din);
+        kern_axpy_avx2_nofma(a2, 0.3f, x, din);
+        for (int i = 0; i < din; i++)
+            CHECK(fabsf(a1[i] - a2[i]) <= 1e-6f * (fabsf(a1[i]) + 1));
+    }
+}
+
 /* ------------------------------------------------------------------------
  * stories260k: fixture figures and the float64 reference */
 
@@ -774,6 +808,7 @@ TEST(eval_rejects_bad_tokens_and_overflow)
 int main(void)
 {
     RUN(kernels_avx2_equal_ref_bit_for_bit);
+    RUN(kernels_avx2_nofma_close_to_ref_and_split_invariant);
     RUN(stories260k_perplexity_of_greedy_tokens);
     RUN(stories260k_generates_its_greedy_tokens);
     RUN(results_do_not_depend_on_threads_or_batching);
