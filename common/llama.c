@@ -888,12 +888,14 @@ int llama_eval(llama_model *m, llama_state *s, const uint32_t *tokens, int n,
         return err_set(errp, "batch of %d tokens (1..%d allowed)", n, s->max_batch);
     if (s->pos + n > s->ctx)
         return err_set(errp, "context full: %d + %d tokens > %d", s->pos, n, s->ctx);
+    // bad ids are refused before the worker threads start
+    for (int t = 0; t < n; t++)
+        if (tokens[t] >= (uint32_t)c->vocab)
+            return err_set(errp, "token id %u outside the vocabulary (%d)", tokens[t], c->vocab);
     if (state_prepare(m, s, errp) < 0)
         return -1;
     // embedding lookup
     for (int t = 0; t < n; t++) {
-        if (tokens[t] >= (uint32_t)c->vocab)
-            return err_set(errp, "token id %u outside the vocabulary (%d)", tokens[t], c->vocab);
         memcpy(s->x + (size_t)t * c->dim, m->embed + (size_t)tokens[t] * c->dim,
                (size_t)c->dim * sizeof(float));
     }

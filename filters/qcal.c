@@ -123,9 +123,12 @@ static uint32_t *tokens_from_file(const char *path, int *n)
 {
     size_t len;
     uint8_t *d = read_file_or_die(path, &len);
-    if (len == 0 || len % 4 || len / 4 > (1u << 30))
+    if (len == 0 || len % 4 || len / 4 > (1u << 30)) {
+        free(d);   /* dead at die(): valgrind would call it lost */
         die("%s: %zu bytes is not a non-empty list of uint32 ids", path, len);
+    }
     uint32_t *ids = malloc(len);
+    if (!ids) die("%s: out of memory for %zu token ids", path, len / 4);
     for (size_t i = 0; i < len / 4; i++)
         ids[i] = (uint32_t)d[4 * i] | (uint32_t)d[4 * i + 1] << 8 | (uint32_t)d[4 * i + 2] << 16 |
                  (uint32_t)d[4 * i + 3] << 24;

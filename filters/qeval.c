@@ -202,11 +202,13 @@ static uint32_t *tokens_from_file(const char *path, int *n)
 {
     size_t len;
     uint8_t *d = read_file_or_die(path, &len);
-    if (len == 0)
-        die("%s: no token ids", path);
-    if (len % 4 || len / 4 > (1u << 30))
+    if (len == 0 || len % 4 || len / 4 > (1u << 30)) {
+        free(d);   /* (valgrind: the pointer is dead at die(), so "definitely lost") */
+        if (len == 0) die("%s: no token ids", path);
         die("%s: size %zu is not a whole number of uint32 ids", path, len);
+    }
     uint32_t *ids = malloc(len);
+    if (!ids) die("%s: out of memory for %zu token ids", path, len / 4);
     for (size_t i = 0; i < len / 4; i++)
         ids[i] = (uint32_t)d[4 * i] | (uint32_t)d[4 * i + 1] << 8 | (uint32_t)d[4 * i + 2] << 16 |
                  (uint32_t)d[4 * i + 3] << 24;
@@ -318,12 +320,20 @@ static void run_windows(model_in *ma, model_in *mb, const uint32_t *tok, int n, 
         if (L < 2)
             break;      /* a last window of one token scores nothing */
         llama_state_reset(sa);
-        if (llama_eval(ma->m, sa, tok + off, L, la, 0, &err) < 0)
-            die("%s: %s", ma->path, err);
-        if (mb) {
+        const char *failed = llama_eval(ma->m, sa, tok + off, L, la, 0, &err) < 0 ? ma->path : NULL;
+        if (!failed && mb) {
             llama_state_reset(sb);
             if (llama_eval(mb->m, sb, tok + off, L, lb, 0, &err) < 0)
-                die("%s: %s", mb->path, err);
+                failed = mb->path;
+        }
+        if (failed) {   /* the models' worker threads are joined before the message */
+            free(la);
+            free(lb);
+            llama_state_free(sa);
+            llama_state_free(sb);
+            model_close(ma);
+            if (mb) model_close(mb);
+            die("%s: %s", failed, err);
         }
         score_window(la, lb, tok + off, L, V, r);
         r->windows++;

@@ -279,7 +279,10 @@ static uint32_t *measure_ids(const struct cmdline *c, const qs_header *h, int *n
     uint8_t *d = read_file_or_die(c->measure_text ? c->measure_text : c->measure_tokens, &len);
     uint32_t *ids;
     if (c->measure_tokens) {
-        if (len < 8 || len % 4) die("%s: not a whole number (>= 2) of uint32 ids", c->measure_tokens);
+        if (len < 8 || len % 4) {
+            free(d);   /* dead at die(): valgrind would call it lost */
+            die("%s: not a whole number (>= 2) of uint32 ids", c->measure_tokens);
+        }
         if (!(ids = malloc(len))) die("out of memory");
         for (size_t i = 0; i < len / 4; i++)
             ids[i] = (uint32_t)d[4 * i] | (uint32_t)d[4 * i + 1] << 8 | (uint32_t)d[4 * i + 2] << 16 | (uint32_t)d[4 * i + 3] << 24;

@@ -95,6 +95,7 @@ orig, new, st, st2 = load(sys.argv[1]), load('awq.safetensors'), load('cal.safet
 def get(d, k):
     while isinstance(d[k], str): k = d[k]
     return d[k]
+scaled = []
 for l in range(4):
     p = 'model.layers.%d.' % l
     for norm, lin in (('input_layernorm', 'self_attn.k_proj'), ('post_attention_layernorm', 'mlp.up_proj')):
@@ -102,8 +103,12 @@ for l in range(4):
         x0, x1 = get(st, p + lin + '.weight.x2_mean'), get(st2, p + lin + '.weight.x2_mean')
         for j in range(len(s)):
             assert abs(x1[j] * s[j] ** 2 - x0[j]) <= 1e-4 * abs(x0[j]) + 1e-12, (p, norm, j)
-        assert any(abs(v - 1) > 1e-3 for v in s), 'no scaling in ' + p + norm
+        if any(abs(v - 1) > 1e-3 for v in s): scaled.append(p + norm)
     assert (p + 'self_attn.q_proj.weight.act_hist') not in st2 and (p + 'self_attn.q_proj.weight.act_hist') in st
+# the relation is checked on real scalings: the search may keep a norm as it is
+# (ratio 0; on the 300 tokens of the valgrind CALIB_TEXT, layer 0's post-attention
+# norm), but not most of them
+assert len(scaled) >= 6, scaled
 print('ok')
 EOF
     # and qgptq accepts it for the scaled model
