@@ -1,6 +1,8 @@
 /* plan — the --dry-run report (see plan.h). */
 #include "plan.h"
 
+#include "cli.h"
+
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,8 +111,55 @@ void plan_print(plan *p, FILE *out, int verbose)
         fprintf(out, "  %-56s %-22s mem %-9s %.3g flops\n", p->items[i].name, p->items[i].action, a,
                 p->items[i].flops);
     }
+    plan_free(p);
+}
+
+void plan_free(plan *p)
+{
+    if (!p) return;
     for (int i = 0; i < p->n; i++) { free(p->items[i].name); free(p->items[i].action); }
     free(p->items);
     free(p->prog);
     free(p);
+}
+
+/* The first item over the limit, as a message (NULL: none is). */
+static char *over_limit(const plan *p, uint64_t limit)
+{
+    char a[32], b[32], *msg;
+    if (p->base_mem > limit) {
+        human(a, sizeof a, (double)p->base_mem);
+        human(b, sizeof b, (double)limit);
+        if (asprintf(&msg, "--max-memory %s: below the %s that %s holds whatever the tensor", b, a, p->prog) < 0)
+            msg = NULL;
+        return msg ? msg : strdup("--max-memory: below the tool's fixed buffers");
+    }
+    for (int i = 0; i < p->n; i++) {
+        uint64_t need = p->items[i].mem + p->base_mem;
+        if (need <= limit) continue;
+        human(a, sizeof a, (double)need);
+        human(b, sizeof b, (double)limit);
+        if (asprintf(&msg, "'%s': %s needs ~%s of working memory (%llu bytes), over --max-memory %s "
+                     "(--dry-run -v lists each tensor's)", p->items[i].name, p->items[i].action, a,
+                     (unsigned long long)need, b) < 0)
+            msg = NULL;
+        return msg ? msg : strdup("--max-memory: a tensor needs more working memory than the limit");
+    }
+    return NULL;
+}
+
+int plan_done(plan *p, uint64_t max_memory, int dry_run)
+{
+    char *msg = max_memory ? over_limit(p, max_memory) : NULL;
+    if (msg) {
+        plan_free(p);
+        die_free(msg);
+    }
+    if (!dry_run) {
+        plan_free(p);
+        return 0;
+    }
+    plan_print(p, stdout, verbosity > 1);
+    close_stdout_or_die();
+    return 1;
 }

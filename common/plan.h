@@ -5,7 +5,9 @@
  * Owns: the report format and the machine constants of the estimate
  * (PLAN_GFLOPS per thread for dense arithmetic, PLAN_MBS for streaming
  * bytes). The figures are estimates to plan a long job, not measurements;
- * `make bench` gives the measured rates of this machine.
+ * `make bench` gives the measured rates of this machine. The same figures
+ * are the --max-memory guard's (plan_done), so what --dry-run promises is
+ * what the guard enforces.
  */
 #ifndef QPIPE_PLAN_H
 #define QPIPE_PLAN_H
@@ -34,5 +36,12 @@ void  plan_manifest_diff(plan *p, const struct json_t *in_manifest, const struct
                          void (*cost)(int64_t rows, int64_t cols, uint64_t *mem, double *flops));
 /* Print the report to out (per tensor when verbose) and free p. */
 void  plan_print(plan *p, FILE *out, int verbose);
+void  plan_free(plan *p);
+/* What a tool does with its plan before any work, and frees p:
+ * --max-memory LIMIT (0 = none): dies naming the first tensor whose working
+ * memory (plus the base) would pass LIMIT; --dry-run: prints the report to
+ * stdout (per tensor with -v -v) and returns 1, the tool then stops.
+ * Returns 0 when the tool should go on. */
+int   plan_done(plan *p, uint64_t max_memory, int dry_run);
 
 #endif

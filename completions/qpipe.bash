@@ -17,6 +17,7 @@ _qpipe_values() {   # option → candidate words (empty: complete files)
         --samples)             echo "all 32 64 128 256" ;;
         --seqlen|--ctx)        echo "128 256 512 1024 2048" ;;
         --max-shard-size)      echo "500MB 1GB 2GB 5GB 10GB" ;;
+        --max-memory)          echo "1GB 4GB 8GB 16GB 32GB 64GB" ;;
         --avg-bits)            echo "2.5 3 3.5 4 4.5" ;;
         --shard)               echo "1/2 2/2 1/4 2/4 3/4 4/4" ;;
         *)                     return 1 ;;

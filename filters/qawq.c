@@ -49,6 +49,8 @@ static const char usage[] =
     "  --sym               symmetric grid; default asymmetric (AWQ's zero_point=True)\n"
     "  --float             with --bits: emit the scaled and clipped float weights instead\n"
     "  --dry-run           print the plan, peak memory and a time estimate; write nothing\n"
+    "  --max-memory SIZE   refuse, naming the tensor, before any work if one tensor's working memory\n"
+    "                      (as --dry-run estimates it) would pass SIZE (e.g. 8GB, 512MiB)\n"
     "  --f16-scales        with --bits: round scales to f16 first, so qpack --format awq packs exactly\n"
     "  --no-clip           skip the clipping search\n"
     "  --duo               AutoAWQ duo_scaling: s = x^a / (w^(1-a) + 1e-4)\n"
@@ -66,6 +68,7 @@ static const char usage[] =
 struct cmdline {
     awq_opts awq;
     int bits_spec, emit_float, force, f16_scales, dry_run;
+    uint64_t max_memory;         /* 0 = no limit */
     const char *stats_path, *stats_out;
 };
 
@@ -87,7 +90,8 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = v && (!strcmp(a, "--bits") || !strcmp(a, "--group") || !strcmp(a, "--stats")
-                          || !strcmp(a, "--stats-out") || !strcmp(a, "--n-grid") || !strcmp(a, "--threads"));
+                          || !strcmp(a, "--stats-out") || !strcmp(a, "--n-grid") || !strcmp(a, "--threads")
+                          || !strcmp(a, "--max-memory"));
         if (!strcmp(a, "--bits") && v) { o->grid.bits = (int)parse_long("--bits", v, 2, 8); c->bits_spec = 1; }
         else if (!strcmp(a, "--group") && v) {
             o->grid.group = (int)parse_long("--group", v, -1, 1 << 30);
@@ -98,6 +102,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else if (!strcmp(a, "--stats-out") && v) c->stats_out = v;
         else if (!strcmp(a, "--n-grid") && v) o->n_grid = (int)parse_long("--n-grid", v, 1, 1000);
         else if (!strcmp(a, "--threads") && v) o->threads = (int)parse_long("--threads", v, 1, 1024);
+        else if (!strcmp(a, "--max-memory") && v) c->max_memory = parse_size("--max-memory", v);
         else if (!strcmp(a, "--smooth")) {
             o->smooth = 0.5;
             if (is_number(v)) { o->smooth = parse_double("--smooth", v, 0.0, 1.0); i++; }
@@ -588,12 +593,13 @@ int main(int argc, char **argv)
 
     qs_header h;
     build_header(&S, qs_reader_header(S.r), argc, argv, &h);
-    if (c.dry_run) {
+    int stop = 0;
+    if (c.dry_run || c.max_memory) {
         plan *p = plan_new("qawq", c.awq.threads, QS_DEFAULT_CHUNK);
         plan_manifest_diff(p, qs_reader_header(S.r)->manifest, h.manifest, "awq", awq_cost);
-        plan_print(p, stdout, verbosity > 1);
-        close_stdout_or_die();
-    } else {
+        stop = plan_done(p, c.max_memory, c.dry_run);
+    }
+    if (!stop) {
         if (!(S.w = qs_writer_open_fd(1, &h, 0, &err))) { exit_if_epipe(errno); die("stdout: %s", err); }
         progress_start(json_array_size(h.manifest), 0);
         process_stream(&S);

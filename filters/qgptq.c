@@ -46,6 +46,8 @@ static const char usage[] =
     "  --f16-scales        round scales to f16 before choosing codes (what GPTQ/AWQ/compressed-tensors\n"
     "                      checkpoints store), so qpack --format packs them exactly\n"
     "  --dry-run           print the plan, peak memory and a time estimate from the shapes; write nothing\n"
+    "  --max-memory SIZE   refuse, naming the tensor, before any work if one tensor's working memory\n"
+    "                      (as --dry-run estimates it) would pass SIZE (e.g. 8GB, 512MiB)\n"
     "  --threads N         worker threads (default: online CPUs); output is identical for any N\n"
     "  -f, --force         write the stream even to a terminal\n"
     "  -q, -v, --progress, --help, --version\n"
@@ -60,6 +62,7 @@ static const char default_linears[] =
 struct cmdline {
     gptq_opts gptq;              /* grid, scale search, block, damp, threads */
     int rtn, weighted, skip_missing, force, dry_run;
+    uint64_t max_memory;         /* 0 = no limit */
     const char *stats_path, *include, *exclude;
 };
 
@@ -75,7 +78,8 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = v && (!strcmp(a, "--bits") || !strcmp(a, "--group") || !strcmp(a, "--damp")
                           || !strcmp(a, "--block") || !strcmp(a, "--grid") || !strcmp(a, "--stats")
-                          || !strcmp(a, "--include") || !strcmp(a, "--exclude") || !strcmp(a, "--threads"));
+                          || !strcmp(a, "--include") || !strcmp(a, "--exclude") || !strcmp(a, "--threads")
+                          || !strcmp(a, "--max-memory"));
         if (!strcmp(a, "--bits") && v) { g->bits = (int)parse_long("--bits", v, 2, 8); bits_spec = 1; }
         else if (!strcmp(a, "--group") && v) {
             g->group = (int)parse_long("--group", v, -1, 1 << 30);
@@ -92,6 +96,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else if (!strcmp(a, "--include") && v) c->include = v;
         else if (!strcmp(a, "--exclude") && v) c->exclude = v;
         else if (!strcmp(a, "--threads") && v) o->threads = (int)parse_long("--threads", v, 1, 1024);
+        else if (!strcmp(a, "--max-memory") && v) c->max_memory = parse_size("--max-memory", v);
         else if (!strcmp(a, "--sym")) g->sym = 1;
         else if (!strcmp(a, "--act-order")) g->act_order = 1;
         else if (!strcmp(a, "--static-groups")) g->static_groups = 1;
@@ -169,10 +174,11 @@ static int plan_tensor(const struct cmdline *c, const stats *st, const char *nam
     die("'%s': no %s in %s (use --skip-missing to leave it unquantized)", name, what, c->stats_path);
 }
 
-/* --dry-run: per tensor, GPTQ's working set (W and Q f32 row blocks, H and its
- * inverse in f64: 2 d_in² · 8 bytes) and arithmetic (Cholesky and inverse
- * d_in³, the column loop ~2 rows · d_in² multiply-adds), from the shapes. */
-static void dry_run(const struct cmdline *c, const stats *st, const qs_header *in)
+/* --dry-run and --max-memory: per tensor, GPTQ's working set (W and Q f32 row
+ * blocks, H and its inverse in f64: 2 d_in² · 8 bytes) and arithmetic
+ * (Cholesky and inverse d_in³, the column loop ~2 rows · d_in² multiply-adds),
+ * from the shapes. */
+static plan *gptq_plan(const struct cmdline *c, const stats *st, const qs_header *in)
 {
     plan *p = plan_new("qgptq", c->gptq.threads, QS_DEFAULT_CHUNK);
     size_t i;
@@ -195,8 +201,7 @@ static void dry_run(const struct cmdline *c, const stats *st, const qs_header *i
         double flops = c->rtn ? 10 * rows * cols : cols * cols * cols + 2 * rows * cols * cols;
         plan_add(p, name, act, (uint64_t)mem, flops, nb, (uint64_t)(rows * cols * 1.1));
     }
-    plan_print(p, stdout, verbosity > 1);
-    close_stdout_or_die();
+    return p;
 }
 
 /* The quantized tensor's header: logical f32 [rows, cols], parts, attrs. */
@@ -355,8 +360,7 @@ int main(int argc, char **argv)
     if (!c.force && !c.dry_run) refuse_tty(1, "qstream");
     qs_reader *r = qs_reader_open_fd(0, "stdin", &err);
     if (!r) die_free(err);
-    if (c.dry_run) {
-        dry_run(&c, st, qs_reader_header(r));
+    if ((c.dry_run || c.max_memory) && plan_done(gptq_plan(&c, st, qs_reader_header(r)), c.max_memory, c.dry_run)) {
         qs_reader_close(r);
         if (st) stats_close(st);
         return EXIT_OK;

@@ -48,6 +48,8 @@ static const char usage[] =
     "  --type-for GLOB=TYPE,... override the GGUF type of matching tensors (HF or GGUF names)\n"
     "  --stats FILE             importance weights for GGUF quantization (qcal stats, like an imatrix)\n"
     "  --dry-run                print the layout, peak memory and a time estimate, write nothing\n"
+    "  --max-memory SIZE        refuse, naming the tensor, before writing anything if one tensor's\n"
+    "                           working memory (as --dry-run estimates it) would pass SIZE\n"
     "  --merge FILE...          read several streams (e.g. the parts of `qcat --shard K/N` runs)\n"
     "                           and write them as one checkpoint\n"
     "  -q, -v, --progress, --help, --version\n"
@@ -66,6 +68,7 @@ struct cmdline {
     const char *type_for;   /* "glob=TYPE,..." */
     const char *stats;      /* importance weights */
     int dry_run;
+    uint64_t max_memory;    /* 0 = no limit */
     const char *format;     /* NULL = plain safetensors, else an hfquant format */
     int round_scales;
 };
@@ -111,6 +114,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
                 usage_error("--dtype: invalid value '%s' (expected f32, f16 or bf16)", v);
             i++;
         }
+        else if (!strcmp(a, "--max-memory") && v) { c->max_memory = parse_size("--max-memory", v); i++; }
         else if (!strcmp(a, "--max-shard-size") && v) {
             c->max_shard = parse_size("--max-shard-size", v);
             if (!c->max_shard) usage_error("--max-shard-size: must be positive");
@@ -573,8 +577,8 @@ static void write_gguf(const struct cmdline *c, qs_reader **rs, const qs_header 
     free(p);
 }
 
-/* --dry-run: the work per manifest entry, from the shapes alone. */
-static void dry_run(const struct cmdline *c, const qs_header *h)
+/* --dry-run and --max-memory: the work per manifest entry, from the shapes alone. */
+static plan *pack_plan(const struct cmdline *c, const qs_header *h)
 {
     plan *p = plan_new("qpack", 1, QS_DEFAULT_CHUNK);
     gguf_writer *g = c->gguf ? gguf_writer_new() : NULL;
@@ -610,10 +614,9 @@ static void dry_run(const struct cmdline *c, const qs_header *h)
             plan_add(p, name, "copy", 0, 0, nb, nb);
         }
     }
-    plan_print(p, stdout, verbosity > 1);
     free(gp);
     gguf_writer_free(g);
-    close_stdout_or_die();
+    return p;
 }
 
 /*-*** Safetensors output ***/
@@ -825,7 +828,8 @@ int main(int argc, char **argv)
 
     qs_header h;
     qs_reader **rs = open_inputs(&c, &h, argc, argv);
-    if (c.dry_run) dry_run(&c, &h);
+    if ((c.dry_run || c.max_memory) && plan_done(pack_plan(&c, &h), c.max_memory, c.dry_run))
+        ;   /* --dry-run: the plan was the output */
     else if (c.gguf) write_gguf(&c, rs, &h);
     else write_safetensors(&c, rs, &h);
     for (int k = 0; k < c.nins; k++) qs_reader_close(rs[k]);

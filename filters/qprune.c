@@ -62,6 +62,8 @@ static const char usage[] =
     "                      R = 0 leaves them dense; with --nm only 0 is allowed)\n"
     "  --skip GLOBS        never prune these (unstructured / N:M)\n"
     "  --dry-run           print the plan, peak memory and a time estimate; write nothing\n"
+    "  --max-memory SIZE   refuse, naming the tensor, before any work if one tensor's working memory\n"
+    "                      (as --dry-run estimates it) would pass SIZE (e.g. 8GB, 512MiB)\n"
     "  --include GLOBS     prune these instead of the default linears\n"
     "options:\n"
     "  --stats FILE        calibration statistics from qcal (x2_mean for Wanda, Hessians for SparseGPT)\n"
@@ -89,6 +91,7 @@ struct cmdline {
     prune_opts prune;            /* method, ratio, per_layer, N:M, block, damp, threads */
     quant_grid grid;             /* --bits: joint quantization grid */
     int method_spec, joint, skip_missing, force, dry_run;
+    uint64_t max_memory;         /* 0 = no limit */
     double mlp_ratio;            /* --structured mlp=R */
     int heads;                   /* --structured heads=K */
     struct rule *rules;
@@ -183,7 +186,8 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         int takes = v && (!strcmp(a, "--sparsity") || !strcmp(a, "--nm") || !strcmp(a, "--structured")
                           || !strcmp(a, "--sparsity-for") || !strcmp(a, "--skip") || !strcmp(a, "--include")
                           || !strcmp(a, "--stats") || !strcmp(a, "--bits") || !strcmp(a, "--group")
-                          || !strcmp(a, "--damp") || !strcmp(a, "--block") || !strcmp(a, "--threads"));
+                          || !strcmp(a, "--damp") || !strcmp(a, "--block") || !strcmp(a, "--threads")
+                          || !strcmp(a, "--max-memory"));
         if (!strcmp(a, "--magnitude")) takes = set_method(c, PRUNE_MAGNITUDE, v);
         else if (!strcmp(a, "--wanda")) takes = set_method(c, PRUNE_WANDA, v);
         else if (!strcmp(a, "--sparsegpt")) takes = set_method(c, PRUNE_SPARSEGPT, v);
@@ -209,6 +213,7 @@ static void parse_cmdline(int argc, char **argv, struct cmdline *c)
         else if (!strcmp(a, "--damp") && v) c->prune.damp = parse_double("--damp", v, 0.0, 10.0);
         else if (!strcmp(a, "--block") && v) c->prune.block = (int)parse_long("--block", v, 1, 1 << 20);
         else if (!strcmp(a, "--threads") && v) c->prune.threads = (int)parse_long("--threads", v, 1, 1024);
+        else if (!strcmp(a, "--max-memory") && v) c->max_memory = parse_size("--max-memory", v);
         else if (!strcmp(a, "-f") || !strcmp(a, "--force")) c->force = 1;
         else if (a[0] == '-' && a[1]) usage_error("unknown option '%s'%s", a, v || takes ? "" : " or missing value");
         else usage_error("unexpected argument '%s' (the stream comes on stdin)", a);
@@ -743,14 +748,15 @@ int main(int argc, char **argv)
     qs_header h;
     splan sp;
     build_header(&c, st, qs_reader_header(r), argc, argv, &h, &sp);
-    if (c.dry_run) {
+    int stop = 0;
+    if (c.dry_run || c.max_memory) {
         plan *p = plan_new("qprune", c.prune.threads, QS_DEFAULT_CHUNK);
         int sgpt = c.prune.method == PRUNE_SPARSEGPT;
         plan_manifest_diff(p, qs_reader_header(r)->manifest, h.manifest, sgpt ? "sparsegpt" : "prune",
                            sgpt ? sparsegpt_cost : score_cost);
-        plan_print(p, stdout, verbosity > 1);
-        close_stdout_or_die();
-    } else {
+        stop = plan_done(p, c.max_memory, c.dry_run);
+    }
+    if (!stop) {
         qs_writer *w = qs_writer_open_fd(1, &h, 0, &err);
         if (!w) { exit_if_epipe(errno); die("stdout: %s", err); }
         progress_start(json_array_size(h.manifest), 0);

@@ -22,8 +22,10 @@ complete_bash() {   # complete_bash WORD... — prints COMPREPLY for the last wo
 @test "bash completes qcat's own options" {
     out=$(complete_bash qcat --inc)
     [ "$out" = "--include" ]
-    out=$(complete_bash qpack --max)
+    out=$(complete_bash qpack --max-s)
     [ "$out" = "--max-shard-size" ]
+    [ "$(complete_bash qpack --max-m)" = "--max-memory" ]
+    [[ "$(complete_bash qgptq --max-memory 8)" == 8GB ]]
 }
 
 @test "bash completes option values: bits, grids, GGUF types, dtypes" {
