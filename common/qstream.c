@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY   /* XXH3_state_t's size, for hash_state_new */
@@ -371,7 +372,9 @@ struct qs_reader {
     uint64_t  cur_recv;              /* bytes received in chunks so far */
     uint8_t  *chunk;                 /* current verified chunk */
     size_t    chunk_cap, chunk_len, chunk_pos;
+    uint64_t  cur_offset;            /* offset of the current tensor's header frame */
     int       ended, failed;
+    int       seeked;                /* qs_reader_seek was used: no whole-stream check */
     char      err[512];
 };
 
@@ -792,13 +795,18 @@ int qs_reader_next(qs_reader *r, const qs_tensor **t)
     uint8_t *info;
     size_t ilen;
     uint64_t stream_hash = XXH3_64bits_digest(r->stream_hash);
+    const uint64_t at = r->offset;
     if (rd_frame(r, &kind, &info, &ilen) < 0) return -1;
     msgpack_unpacked u;
     if (unpack_info(r, info, ilen, &u) < 0) { free(info); return -1; }
     int rc;
     if (kind == FR_TENSOR) {
         rc = parse_tensor(r, &u.data);
-        if (rc == 0) { r->ntensors++; *t = &r->cur; rc = 1; }
+        if (rc == 0) { r->ntensors++; r->cur_offset = at; *t = &r->cur; rc = 1; }
+    } else if (kind == FR_END && r->seeked) {
+        r->have_cur = 0;     /* counts and the whole-stream hash were checked by the pass that recorded the offsets */
+        r->ended = 1;
+        rc = 0;
     } else if (kind == FR_END) {
         r->have_cur = 0;
         rc = parse_end(r, &u.data, stream_hash);
@@ -809,6 +817,26 @@ int qs_reader_next(qs_reader *r, const qs_tensor **t)
     msgpack_unpacked_destroy(&u);
     free(info);
     return rc;
+}
+
+uint64_t qs_reader_tensor_offset(const qs_reader *r) { return r->have_cur ? r->cur_offset : 0; }
+
+int qs_reader_seek(qs_reader *r, uint64_t offset, uint64_t index)
+{
+    if (r->failed) return -1;
+    struct stat sb;
+    if (fstat(r->fd, &sb) < 0 || !S_ISREG(sb.st_mode)) return rd_fail(r, "cannot seek: not a regular file");
+    if (offset > (uint64_t)sb.st_size || lseek(r->fd, (off_t)offset, SEEK_SET) < 0)
+        return rd_fail(r, "cannot seek to byte %llu", (unsigned long long)offset);
+    r->bpos = r->blen = 0;
+    r->offset = r->frame_start = offset;
+    r->ntensors = index;
+    r->have_cur = 0;
+    r->cur_total = r->cur_done = r->cur_recv = 0;
+    r->chunk_len = r->chunk_pos = 0;
+    r->ended = 0;
+    r->seeked = 1;
+    return 0;
 }
 
 void qs_reader_close(qs_reader *r)

@@ -130,6 +130,15 @@ uint64_t qs_reader_remaining(const qs_reader *r);    /* unread bytes of the curr
 void    *qs_reader_read_all(qs_reader *r, size_t *len);
 const char *qs_reader_error(const qs_reader *r);
 uint64_t qs_reader_offset(const qs_reader *r);       /* bytes consumed so far */
+/* Random access, for a stream in a regular file read once through already
+ * (that pass verified the counts and the whole-stream hash): the byte offset
+ * of the current tensor's header frame, recorded in that pass, and a seek
+ * back to it. After qs_reader_seek(r, offset, index), where index is the
+ * tensor's 0-based position in the stream, qs_reader_next returns that tensor;
+ * every frame read is still checksummed, the end record is no longer checked.
+ * -1 if the input is not a regular file (a pipe) or the offset is past its end. */
+uint64_t qs_reader_tensor_offset(const qs_reader *r);
+int      qs_reader_seek(qs_reader *r, uint64_t offset, uint64_t index);
 void     qs_reader_close(qs_reader *r);              /* closes fd unless it is 0 */
 
 /*-*** Writer ***/

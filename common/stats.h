@@ -26,13 +26,30 @@
 
 typedef struct stats stats;
 
-/* Load a stats file (qstream or safetensors). NULL + *errp (malloc'd) on error. */
+/* Open a stats file (qstream or safetensors). NULL + *errp (malloc'd) on error.
+ * Memory: the small tensors (per-channel vectors, n_tokens) are read at open;
+ * the large ones (Hessians, d_in² floats each) are read on first use and held
+ * until stats_evict(), so a consumer working weight by weight holds one
+ * weight's Hessian, not the model's. (From a pipe, "-", everything is read at
+ * open.) A stats stream is read through once at open, verifying every frame
+ * and the whole-stream hash, and what is read again later is re-verified.
+ * Not thread-safe: one thread calls stats_get/stats_evict. */
 stats *stats_open(const char *path, char **errp);
 /* Find W.<what> ("hessian", "x2_mean", ...): returns a pointer to f32 data
- * owned by st (valid until stats_close) and its element count in *n, or NULL
- * when absent. For "n_tokens" use stats_tokens(). */
-const float *stats_get(const stats *st, const char *weight, const char *what, size_t *n);
+ * owned by st (valid until stats_evict drops it or stats_close) and its
+ * element count in *n, or NULL when absent or when reading it failed
+ * (stats_error() then says why). For "n_tokens" use stats_tokens(). */
+const float *stats_get(stats *st, const char *weight, const char *what, size_t *n);
+/* Is W.<what> present (and its element count), without reading it? */
+int stats_has(const stats *st, const char *weight, const char *what, size_t *n);
 int64_t stats_tokens(const stats *st, const char *weight);   /* -1 if absent */
+/* Drop the large tensors read so far, except those of weight `keep` (NULL:
+ * none); pointers to dropped data become invalid. */
+void stats_evict(stats *st, const char *keep);
+size_t stats_resident(const stats *st);      /* bytes of f32 data held now */
+/* Why the last stats_get of a present tensor failed ("cal.qs: 'W.hessian':
+ * corrupt stream: ..."), or NULL. */
+const char *stats_error(const stats *st);
 void stats_close(stats *st);
 
 #endif

@@ -328,6 +328,7 @@ static void group_stats(const state *S, const char *wname, int64_t cols, awq_inp
     in->hessian = stats_get(S->st, wname, "hessian", &n);
     if (in->hessian && n != (size_t)(cols * cols))
         die("'%s': hessian has %zu values, expected %lld x %lld", wname, n, (long long)cols, (long long)cols);
+    if (!in->hessian && stats_error(S->st)) die("%s", stats_error(S->st));
     if (!in->hessian) die("'%s': no statistics in %s", wname, S->c->stats_path);
 }
 
@@ -363,6 +364,7 @@ static void process_layer(state *S, layer *L)
         if (L->roles[r]) A.lin[r] = (awq_mat){ L->roles[r]->f, L->roles[r]->t.shape[0], L->roles[r]->t.shape[1] };
     if (L->roles[R_IN_NORM]) { A.in_norm = L->roles[R_IN_NORM]->f; A.n_in_norm = L->roles[R_IN_NORM]->t.shape[0]; }
     if (L->roles[R_POST_NORM]) { A.post_norm = L->roles[R_POST_NORM]->f; A.n_post_norm = L->roles[R_POST_NORM]->t.shape[0]; }
+    stats_evict(S->st, NULL);      /* the previous layer's Hessians: one layer's held at a time */
     for (int g = 0; g < AWQ_NGROUPS; g++) {
         int mem[3];
         awq_group_members(g, mem);

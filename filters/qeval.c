@@ -719,11 +719,13 @@ static double quad_trace(const float *M, const float *H, int64_t rows, int64_t d
     return s;
 }
 
-static void cmp_proxy(tcmp *r, const stats *st, const qs_tensor *h, const float *a, const float *b)
+static void cmp_proxy(tcmp *r, stats *st, const qs_tensor *h, const float *a, const float *b)
 {
     r->proxy = r->proxy_w = NAN;
     size_t n = 0;
+    if (st) stats_evict(st, h->name);
     const float *H = st ? stats_get(st, h->name, "hessian", &n) : NULL;
+    if (st && !H && stats_error(st)) die("%s", stats_error(st));
     if (!H || h->ndim != 2 || (int64_t)n != h->shape[1] * h->shape[1])
         return;
     int64_t rows = h->shape[0], d = h->shape[1];

@@ -159,14 +159,14 @@ static int tensor_grid(const struct cmdline *c, const json_t *qmix, quant_grid *
 }
 
 /* 1 quantize, 0 pass through (dies on a weight with no stats and no --skip-missing). */
-static int plan_tensor(const struct cmdline *c, const stats *st, const char *name, qdtype dt, int ndim,
+static int plan_tensor(const struct cmdline *c, stats *st, const char *name, qdtype dt, int ndim,
                        int warn)
 {
     if (!is_selected(c, name, dt, ndim)) return 0;
     if (c->rtn && !c->weighted) return 1;
     size_t n;
     const char *what = c->rtn ? "x2_mean" : "hessian";
-    if (stats_get(st, name, what, &n)) return 1;
+    if (stats_has(st, name, what, &n)) return 1;
     if (c->skip_missing) {
         if (warn) warn_msg("'%s': no %s in %s, left unquantized", name, what, c->stats_path);
         return 0;
@@ -178,7 +178,7 @@ static int plan_tensor(const struct cmdline *c, const stats *st, const char *nam
  * blocks, H and its inverse in f64: 2 d_in² · 8 bytes) and arithmetic
  * (Cholesky and inverse d_in³, the column loop ~2 rows · d_in² multiply-adds),
  * from the shapes. */
-static plan *gptq_plan(const struct cmdline *c, const stats *st, const qs_header *in)
+static plan *gptq_plan(const struct cmdline *c, stats *st, const qs_header *in)
 {
     plan *p = plan_new("qgptq", c->gptq.threads, QS_DEFAULT_CHUNK);
     size_t i;
@@ -231,7 +231,7 @@ static void quantized_header(const quant_grid *g, const char *name, const json_t
 
 
 /* Output header: input's, manifest entries of quantized tensors replaced. */
-static void build_header(const struct cmdline *c, const stats *st, const qs_header *in,
+static void build_header(const struct cmdline *c, stats *st, const qs_header *in,
                          int argc, char **argv, qs_header *out)
 {
     if (qs_header_copy(out, in)) die("out of memory");
@@ -280,7 +280,7 @@ static float *read_weight_f32(qs_reader *r, const qs_tensor *t, int64_t numel)
 
 /* Round to nearest: quant.c grids, or llama-quantize's own quantizer for GGUF
  * blocks (x2_mean as its imatrix with --weighted). Fills res like GPTQ does. */
-static void rtn_tensor(const struct cmdline *c, const quant_grid *g, const stats *st, const char *name,
+static void rtn_tensor(const struct cmdline *c, const quant_grid *g, stats *st, const char *name,
                        const float *wf, int64_t rows, int64_t cols, gptq_result *res)
 {
     quant_scale_opts so = c->gptq.scale;
@@ -308,7 +308,7 @@ static void rtn_tensor(const struct cmdline *c, const quant_grid *g, const stats
         die("'%s': %s", name, err);
 }
 
-static void quantize_tensor(const struct cmdline *c, const stats *st, qs_reader *r, qs_writer *w,
+static void quantize_tensor(const struct cmdline *c, stats *st, qs_reader *r, qs_writer *w,
                             const qs_tensor *t, const quant_grid *grid)
 {
     const int64_t rows = t->shape[0], cols = t->shape[1];
@@ -324,7 +324,9 @@ static void quantize_tensor(const struct cmdline *c, const stats *st, qs_reader 
     if (c->rtn || o.grid.scheme == QUANT_NF4 || o.grid.scheme == QUANT_FP8) rtn_tensor(c, &o.grid, st, t->name, wf, rows, cols, &res);
     else {
         size_t n = 0;
+        stats_evict(st, t->name);     /* one weight's Hessian held at a time (q/k/v share one) */
         const float *h = stats_get(st, t->name, "hessian", &n);
+        if (!h) die("%s", stats_error(st) ? stats_error(st) : "no hessian");
         if (n != (size_t)(cols * cols))
             die("'%s': hessian has %zu values, expected %lld x %lld", t->name, n, (long long)cols, (long long)cols);
         if (gptq_quantize(wf, rows, cols, h, &o, &res, &err)) die("'%s': %s", t->name, err);

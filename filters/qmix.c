@@ -145,7 +145,7 @@ static int is_selected(const state *S, const qs_tensor *t)
     if (t->attrs && json_object_get(t->attrs, "quant")) return 0;
     if (!glob_list_match(S->c->include ? S->c->include : default_linears, t->name)) return 0;
     if (S->c->exclude && glob_list_match(S->c->exclude, t->name)) return 0;
-    if (!stats_get(S->st, t->name, "hessian", &n)) die("'%s': no hessian in %s", t->name, S->c->stats_path);
+    if (!stats_has(S->st, t->name, "hessian", &n)) die("'%s': no hessian in %s", t->name, S->c->stats_path);
     if (n != (size_t)(t->shape[1] * t->shape[1]))
         die("'%s': hessian has %zu values, expected %lld x %lld", t->name, n, (long long)t->shape[1], (long long)t->shape[1]);
     return 1;
@@ -194,7 +194,9 @@ static void measure(state *S, qs_reader *r, qs_writer *spool)
         void *raw;
         float *w = read_f32(r, t, &raw);
         size_t n;
+        stats_evict(S->st, t->name);
         const float *h = stats_get(S->st, t->name, "hessian", &n);
+        if (!h) die("%s", stats_error(S->st) ? stats_error(S->st) : "no hessian");
         char *err = NULL;
         if (mix_tensor_losses(w, m->rows, m->cols, h, S->menu, S->nmenu, S->c->gptq, S->c->threads, m->loss, &err))
             die("'%s': %s", t->name, err);

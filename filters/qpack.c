@@ -494,7 +494,7 @@ static void gguf_metadata(gguf_writer *g, const qs_header *h, const struct cmdli
 }
 
 /* Encode one tensor into its GGUF type at off. */
-static void gguf_tensor(qs_reader *r, const qs_tensor *t, const gguf_plan *p, const stats *st, int fd, uint64_t off)
+static void gguf_tensor(qs_reader *r, const qs_tensor *t, const gguf_plan *p, stats *st, int fd, uint64_t off)
 {
     size_t len;
     uint8_t *data = qs_reader_read_all(r, &len);

@@ -346,7 +346,7 @@ static double ratio_for(const struct cmdline *c, const char *name, qdtype dt, in
 }
 
 /* Does the tensor get pruned? Dies on missing stats unless --skip-missing. */
-static int will_prune(const struct cmdline *c, const stats *st, const char *name, qdtype dt, int ndim,
+static int will_prune(const struct cmdline *c, stats *st, const char *name, qdtype dt, int ndim,
                       int quantized, int warn)
 {
     if (ratio_for(c, name, dt, ndim) < 0) return 0;
@@ -354,7 +354,7 @@ static int will_prune(const struct cmdline *c, const stats *st, const char *name
     if (c->prune.method == PRUNE_MAGNITUDE) return 1;
     const char *what = c->prune.method == PRUNE_WANDA ? "x2_mean" : "hessian";
     size_t n;
-    if (stats_get(st, name, what, &n)) return 1;
+    if (stats_has(st, name, what, &n)) return 1;
     if (!c->skip_missing) die("'%s': no %s in %s (use --skip-missing to leave it dense)", name, what, c->stats_path);
     if (warn) warn_msg("'%s': no %s in %s, left dense", name, what, c->stats_path);
     return 0;
@@ -365,7 +365,7 @@ enum { OUT_SAME = 0, OUT_CUT, OUT_PRUNED };
 /* Output header of a tensor: cut shape, and for pruned ones mask/sparsity
  * attrs (and the quantized parts with --bits). Returns OUT_SAME (o is a copy
  * of in), OUT_CUT (structured cut only) or OUT_PRUNED. */
-static int out_header(const struct cmdline *c, const splan *sp, const stats *st, const qs_tensor *in,
+static int out_header(const struct cmdline *c, const splan *sp, stats *st, const qs_tensor *in,
                        int warn, qs_tensor *o)
 {
     const int quantized = in->attrs && json_object_get(in->attrs, "quant");
@@ -403,7 +403,7 @@ static int out_header(const struct cmdline *c, const splan *sp, const stats *st,
 
 
 /* Output header: config.json rewritten (structured), manifest of the new tensors. */
-static void build_header(const struct cmdline *c, const stats *st, const qs_header *in, int argc, char **argv,
+static void build_header(const struct cmdline *c, stats *st, const qs_header *in, int argc, char **argv,
                          qs_header *out, splan *sp)
 {
     if (qs_header_copy(out, in)) die("out of memory");
@@ -467,7 +467,7 @@ static float *raw_to_f32(const qs_tensor *t, const void *raw, int64_t numel)
 }
 
 /* x2_mean of a weight (NULL with --magnitude), checked against d_in. */
-static const float *get_x2(const struct cmdline *c, const stats *st, const char *name, int64_t cols, int64_t *ntok)
+static const float *get_x2(const struct cmdline *c, stats *st, const char *name, int64_t cols, int64_t *ntok)
 {
     *ntok = 0;
     if (c->prune.method == PRUNE_MAGNITUDE) return NULL;
@@ -490,7 +490,7 @@ static int64_t *expand(const int64_t *units, int64_t n, int64_t w)
 }
 
 /* From the layer's down_proj / o_proj (t, raw): which channels / kv groups stay. */
-static void decide(const struct cmdline *c, const splan *sp, const stats *st, const qs_tensor *t,
+static void decide(const struct cmdline *c, const splan *sp, stats *st, const qs_tensor *t,
                    const void *raw, const char *prefix, role r, decisions *ds)
 {
     const int64_t rows = t->shape[0], cols = t->shape[1];
@@ -551,7 +551,7 @@ static void *cut_raw(const qs_tensor *t, role r, const decision *d, void *raw, c
 /* Statistics for the (possibly column-cut) weight: subsets of x2_mean and H. */
 typedef struct { prune_stats ps; float *x2_own, *h_own; } tensor_stats;
 
-static void get_stats(const struct cmdline *c, const stats *st, const char *name, int64_t cols_in,
+static void get_stats(const struct cmdline *c, stats *st, const char *name, int64_t cols_in,
                       const decision *cutcols, tensor_stats *ts)
 {
     memset(ts, 0, sizeof *ts);
@@ -564,7 +564,9 @@ static void get_stats(const struct cmdline *c, const stats *st, const char *name
         if (!ts->ps.x2_mean || n != (size_t)n_in || ts->ps.n_tokens < 1)
             die("'%s': x2_mean has %zu values (expected %lld) or n_tokens is missing", name, n, (long long)n_in);
     } else {
+        stats_evict(st, name);        /* one weight's Hessian held at a time */
         ts->ps.hessian = stats_get(st, name, "hessian", &n);
+        if (!ts->ps.hessian && stats_error(st)) die("%s", stats_error(st));
         if (!ts->ps.hessian || n != (size_t)(n_in * n_in))
             die("'%s': hessian has %zu values, expected %lld x %lld", name, n, (long long)n_in, (long long)n_in);
     }
@@ -585,7 +587,7 @@ static void get_stats(const struct cmdline *c, const stats *st, const char *name
 }
 
 /* Unstructured / N:M pass on the (cut) tensor, then write it. */
-static void prune_and_write(const struct cmdline *c, const stats *st, qs_writer *wr, const qs_tensor *t,
+static void prune_and_write(const struct cmdline *c, stats *st, qs_writer *wr, const qs_tensor *t,
                             const qs_tensor *o, void *raw, const decision *cutcols)
 {
     const int64_t rows = o->shape[0], cols = o->shape[1];
@@ -616,7 +618,7 @@ static void prune_and_write(const struct cmdline *c, const stats *st, qs_writer 
 }
 
 /* One tensor with all its bytes in memory: cut, prune, write. Frees raw. */
-static void emit(const struct cmdline *c, const splan *sp, const stats *st, const decisions *ds, qs_writer *wr,
+static void emit(const struct cmdline *c, const splan *sp, stats *st, const decisions *ds, qs_writer *wr,
                  const qs_tensor *t, void *raw)
 {
     char prefix[256];
@@ -657,7 +659,7 @@ static int ready(const splan *sp, const decisions *ds, const qs_tensor *t)
     return r == R_NONE || find_decision(ds, prefix, r >= R_Q_ROWS) != NULL;
 }
 
-static void flush_ready(const struct cmdline *c, const splan *sp, const stats *st, const decisions *ds,
+static void flush_ready(const struct cmdline *c, const splan *sp, stats *st, const decisions *ds,
                         qs_writer *wr, queue *qu)
 {
     while (qu->n > 0 && ready(sp, ds, &qu->q[qu->head].t)) {
@@ -682,7 +684,7 @@ static void push(queue *qu, const qs_tensor *t, void *raw)
     p->raw = raw;
 }
 
-static void process_stream(const struct cmdline *c, const splan *sp, const stats *st, qs_reader *r, qs_writer *wr)
+static void process_stream(const struct cmdline *c, const splan *sp, stats *st, qs_reader *r, qs_writer *wr)
 {
     decisions ds = { NULL, 0 };
     queue qu = { NULL, 0, 0, 0 };

@@ -10,7 +10,7 @@
 #include "qstream.h"
 #include "stats.h"
 
-static void lookups(const stats *st, const char *weight)
+static void lookups(stats *st, const char *weight)
 {
     static const char *what[] = { "hessian", "x2_mean", "xabs_mean", "absmax", "n_tokens" };
     for (size_t i = 0; i < sizeof what / sizeof *what; i++) {
@@ -19,6 +19,12 @@ static void lookups(const stats *st, const char *weight)
         if (v && n) fz_sink += fz_fbits(v[n - 1]);
     }
     fz_sink += (unsigned)stats_tokens(st, weight);
+    size_t n = 0;
+    fz_sink += (unsigned)stats_has(st, weight, "hessian", &n) + (unsigned)n;
+    stats_evict(st, weight);     /* then read again: the lazy path twice */
+    const float *h = stats_get(st, weight, "hessian", &n);
+    if (h && n) fz_sink += fz_fbits(h[0]);
+    stats_evict(st, NULL);
 }
 
 static void try_stats(const uint8_t *data, size_t size)

@@ -332,6 +332,123 @@ TEST(stats_open_reads_a_safetensors_copy_with_aliases)
     qs_tensor_clear(&tn);
 }
 
+/* A stats stream with Hessians over the lazy threshold (stats.c): three
+ * weights w0..w2 of d_in 300 (w1 an alias of w0, as k_proj of q_proj), each
+ * H[i][j] = 1000 w + i + j / 1000, x2_mean[i] = w + i. */
+#define LZ_D 300
+static float lz_h(int w, int i, int j) { return 1000.0f * (float)w + (float)i + (float)j / 1000.0f; }
+
+static int write_lazy_stream(const char *path)
+{
+    qs_header h;
+    qs_header_init(&h);
+    json_object_set_new(h.meta, "kind", json_string("stats"));
+    FILE *f = fopen(path, "wb");
+    char *err = NULL;
+    qs_writer *w = f ? qs_writer_open_fd(fileno(f), &h, 64 << 10, &err) : NULL;
+    float *H = malloc(LZ_D * LZ_D * sizeof *H), x2[LZ_D];
+    int rc = w && H ? 0 : -1;
+    for (int k = 0; k < 3 && rc == 0; k++) {
+        char name[64];
+        qs_tensor t;
+        const int wi = k == 2 ? 2 : 0;       /* stored: w0, w2; w1 is an alias */
+        if (k == 1) {
+            qs_tensor_init(&t, "w1.hessian", DT_F32, 0, NULL);
+            t.nparts = 0;
+            t.attrs = json_pack("{s:s}", "alias", "w0.hessian");
+            rc = qs_writer_put(w, &t, NULL);
+            qs_tensor_clear(&t);
+            continue;
+        }
+        int64_t sh[2] = { LZ_D, LZ_D }, sv[1] = { LZ_D };
+        for (int i = 0; i < LZ_D; i++)
+            for (int j = 0; j < LZ_D; j++) H[i * LZ_D + j] = lz_h(wi, i, j);
+        for (int i = 0; i < LZ_D; i++) x2[i] = (float)(wi + i);
+        snprintf(name, sizeof name, "w%d.hessian", wi);
+        qs_tensor_init(&t, name, DT_F32, 2, sh);
+        rc = qs_writer_put(w, &t, H);
+        qs_tensor_clear(&t);
+        snprintf(name, sizeof name, "w%d.x2_mean", wi);
+        qs_tensor_init(&t, name, DT_F32, 1, sv);
+        if (rc == 0) rc = qs_writer_put(w, &t, x2);
+        qs_tensor_clear(&t);
+    }
+    if (w && qs_writer_close(w, &err) < 0) rc = -1;
+    if (f) fclose(f);
+    free(err);
+    free(H);
+    qs_header_clear(&h);
+    return rc;
+}
+
+static int lz_matches(const float *H, int w)
+{
+    if (!H) return 0;
+    for (int i = 0; i < LZ_D; i += 37)
+        for (int j = 0; j < LZ_D; j += 41)
+            if (H[i * LZ_D + j] != lz_h(w, i, j)) return 0;
+    return H[LZ_D * LZ_D - 1] == lz_h(w, LZ_D - 1, LZ_D - 1);
+}
+
+TEST(hessians_are_read_on_first_use_and_dropped_on_evict)
+{
+    char p[96];
+    snprintf(p, sizeof p, "%s/lazy.qs", tmpdir);
+    CHECK(write_lazy_stream(p) == 0);
+    char *err = NULL;
+    stats *st = stats_open(p, &err);
+    CHECK_MSG(st != NULL, "%s", err ? err : "");
+    free(err);
+    if (!st) return;
+    const size_t vec = 2 * LZ_D * sizeof(float), hb = LZ_D * LZ_D * sizeof(float);
+    CHECK(stats_resident(st) == vec);                       /* at open: the vectors only */
+    size_t n = 0;
+    CHECK(stats_has(st, "w1", "hessian", &n) && n == LZ_D * LZ_D && stats_resident(st) == vec);
+    const float *h0 = stats_get(st, "w0", "hessian", &n);
+    CHECK(lz_matches(h0, 0) && n == LZ_D * LZ_D && stats_resident(st) == vec + hb);
+    CHECK(stats_get(st, "w1", "hessian", NULL) == h0);      /* the alias: same data, not read twice */
+    const float *h2 = stats_get(st, "w2", "hessian", NULL);
+    CHECK(lz_matches(h2, 2) && stats_resident(st) == vec + 2 * hb);
+    stats_evict(st, "w2");                                  /* keeps w2's */
+    CHECK(stats_resident(st) == vec + hb && lz_matches(h2, 2));
+    stats_evict(st, NULL);
+    CHECK(stats_resident(st) == vec);
+    CHECK(lz_matches(stats_get(st, "w1", "hessian", NULL), 0));   /* read again after the evict */
+    const float *x2 = stats_get(st, "w2", "x2_mean", &n);
+    CHECK(x2 && n == LZ_D && x2[7] == 9.0f);
+    CHECK(stats_error(st) == NULL);
+    stats_close(st);
+}
+
+TEST(a_hessian_corrupted_after_open_is_an_error_not_data)
+{
+    char p[96];
+    snprintf(p, sizeof p, "%s/lazy2.qs", tmpdir);
+    CHECK(write_lazy_stream(p) == 0);
+    char *err = NULL;
+    stats *st = stats_open(p, &err);
+    CHECK(st != NULL);
+    free(err);
+    if (!st) return;
+    /* flip a byte in the middle of the file: inside w2's Hessian (the last large tensor) */
+    FILE *f = fopen(p, "r+b");
+    CHECK(f != NULL);
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        long at = ftell(f) - 2 * LZ_D * 4 - 4000;
+        fseek(f, at, SEEK_SET);
+        int c = fgetc(f);
+        fseek(f, at, SEEK_SET);
+        fputc(c ^ 0x20, f);
+        fclose(f);
+    }
+    CHECK(lz_matches(stats_get(st, "w0", "hessian", NULL), 0));
+    CHECK(stats_get(st, "w2", "hessian", NULL) == NULL);
+    const char *e = stats_error(st);
+    CHECK_MSG(e && strstr(e, "w2.hessian") && strstr(e, "checksum"), "%s", e ? e : "(no error)");
+    stats_close(st);
+}
+
 static int write_ref(void)
 {
     if (!R.n) return 1;
@@ -373,6 +490,8 @@ int main(int argc, char **argv)
     RUN(activation_histogram_is_consistent);
     RUN(histogram_is_exact_when_the_range_grows);
     RUN(stats_open_reads_a_safetensors_copy_with_aliases);
+    RUN(hessians_are_read_on_first_use_and_dropped_on_evict);
+    RUN(a_hessian_corrupted_after_open_is_an_error_not_data);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) {}
