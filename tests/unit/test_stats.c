@@ -390,15 +390,22 @@ static int lz_matches(const float *H, int w)
     return H[LZ_D * LZ_D - 1] == lz_h(w, LZ_D - 1, LZ_D - 1);
 }
 
-TEST(hessians_are_read_on_first_use_and_dropped_on_evict)
+/* Write the lazy stream as tmpdir/NAME (path in p) and open it. */
+static stats *open_lazy(const char *name, char *p, size_t cap)
 {
-    char p[96];
-    snprintf(p, sizeof p, "%s/lazy.qs", tmpdir);
+    snprintf(p, cap, "%s/%s", tmpdir, name);
     CHECK(write_lazy_stream(p) == 0);
     char *err = NULL;
     stats *st = stats_open(p, &err);
     CHECK_MSG(st != NULL, "%s", err ? err : "");
     free(err);
+    return st;
+}
+
+TEST(hessians_are_read_on_first_use_and_dropped_on_evict)
+{
+    char p[96];
+    stats *st = open_lazy("lazy.qs", p, sizeof p);
     if (!st) return;
     const size_t vec = 2 * LZ_D * sizeof(float), hb = LZ_D * LZ_D * sizeof(float);
     CHECK(stats_resident(st) == vec);                       /* at open: the vectors only */
@@ -423,12 +430,7 @@ TEST(hessians_are_read_on_first_use_and_dropped_on_evict)
 TEST(a_hessian_corrupted_after_open_is_an_error_not_data)
 {
     char p[96];
-    snprintf(p, sizeof p, "%s/lazy2.qs", tmpdir);
-    CHECK(write_lazy_stream(p) == 0);
-    char *err = NULL;
-    stats *st = stats_open(p, &err);
-    CHECK(st != NULL);
-    free(err);
+    stats *st = open_lazy("lazy2.qs", p, sizeof p);
     if (!st) return;
     /* flip a byte in the middle of the file: inside w2's Hessian (the last large tensor) */
     FILE *f = fopen(p, "r+b");
