@@ -77,7 +77,7 @@ static int part_set(qs_part *p, const char *role, qdtype dtype, int ndim, const 
     snprintf(p->role, sizeof p->role, "%s", role);
     p->dtype = dtype;
     p->ndim = ndim;
-    memcpy(p->shape, shape, (size_t)ndim * sizeof *shape);
+    if (ndim) memcpy(p->shape, shape, (size_t)ndim * sizeof *shape);   /* ndim 0: shape may be NULL */
     p->nbytes = (uint64_t)n * dtype_size(dtype);
     return 0;
 }
@@ -90,7 +90,7 @@ int qs_tensor_init(qs_tensor *t, const char *name, qdtype dtype, int ndim, const
     if (!t->name) return -1;
     t->dtype = dtype;
     t->ndim = ndim;
-    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    if (ndim) memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     if (part_set(&t->parts[0], "data", dtype, ndim, shape) < 0) {
         free(t->name);
         t->name = NULL;
