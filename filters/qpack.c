@@ -828,10 +828,10 @@ int main(int argc, char **argv)
 
     qs_header h;
     qs_reader **rs = open_inputs(&c, &h, argc, argv);
-    if ((c.dry_run || c.max_memory) && plan_done(pack_plan(&c, &h), c.max_memory, c.dry_run))
-        ;   /* --dry-run: the plan was the output */
-    else if (c.gguf) write_gguf(&c, rs, &h);
-    else write_safetensors(&c, rs, &h);
+    /* --max-memory may refuse here; with --dry-run the plan is the output */
+    const int planned_only = (c.dry_run || c.max_memory) && plan_done(pack_plan(&c, &h), c.max_memory, c.dry_run);
+    if (!planned_only && c.gguf) write_gguf(&c, rs, &h);
+    else if (!planned_only) write_safetensors(&c, rs, &h);
     for (int k = 0; k < c.nins; k++) qs_reader_close(rs[k]);
     free(rs);
     qs_header_clear(&h);
